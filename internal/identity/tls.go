@@ -20,8 +20,10 @@ import (
 //
 // Verification runs in VerifyConnection, which crypto/tls also calls on
 // resumed sessions, so a resumed session is re-checked against the current
-// bundle.
-func ServerTLSConfig(getCert func() (*tls.Certificate, error), bundles x509bundle.Source, now func() time.Time) *tls.Config {
+// bundle. When verification fails and refresh is non-nil, refresh may
+// update the bundle source; if it reports true, verification is retried
+// once.
+func ServerTLSConfig(getCert func() (*tls.Certificate, error), bundles x509bundle.Source, now func() time.Time, refresh func() bool) *tls.Config {
 	return &tls.Config{
 		MinVersion: tls.VersionTLS13,
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
@@ -33,6 +35,9 @@ func ServerTLSConfig(getCert func() (*tls.Certificate, error), bundles x509bundl
 				return nil
 			}
 			_, err := VerifyX509SVID(cs.PeerCertificates, bundles, now(), x509.ExtKeyUsageClientAuth)
+			if err != nil && refresh != nil && refresh() {
+				_, err = VerifyX509SVID(cs.PeerCertificates, bundles, now(), x509.ExtKeyUsageClientAuth)
+			}
 			return err
 		},
 	}

@@ -145,7 +145,7 @@ func TestTLSConfigs(t *testing.T) {
 	rogueCert, rogueKey := rogue.issue(t, goodLeaf("spiffe://example.org/client"))
 	rogueTLS, _ := TLSCertificate([][]byte{rogueCert.Raw}, rogueKey)
 
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", ServerTLSConfig(func() (*tls.Certificate, error) { return srvTLS, nil }, bundle, time.Now))
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", ServerTLSConfig(func() (*tls.Certificate, error) { return srvTLS, nil }, bundle, time.Now, nil))
 	if err != nil {
 		t.Fatal(err)
 	}

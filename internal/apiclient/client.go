@@ -1,0 +1,255 @@
+// Package apiclient talks to the control plane's HTTP API, over the local
+// admin socket or over mTLS.
+package apiclient
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+
+	"time"
+
+	apiv1 "github.com/trustmesh/trustmesh/api/v1"
+)
+
+// Error is a non-2xx answer from the server.
+type Error struct {
+	Status  int
+	Message string
+}
+
+func (e *Error) Error() string { return e.Message }
+
+// Client calls the API.
+type Client struct {
+	http *http.Client
+	base string
+}
+
+// NewSocket returns a client for the admin unix socket at path.
+func NewSocket(path string) *Client {
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		},
+	}
+	return &Client{http: &http.Client{Transport: tr, Timeout: 30 * time.Second}, base: "http://admin.sock"}
+}
+
+// NewTLS returns a client for the server's TCP listener at addr
+// (host:port) with the given TLS configuration (see identity).
+func NewTLS(addr string, cfg *tls.Config) *Client {
+	tr := &http.Transport{TLSClientConfig: cfg, ForceAttemptHTTP2: true}
+	return &Client{http: &http.Client{Transport: tr, Timeout: 30 * time.Second}, base: "https://" + addr}
+}
+
+// Close releases idle connections.
+func (c *Client) Close() { c.http.CloseIdleConnections() }
+
+func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	if err != nil {
+		return err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return unwrapDialError(err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode/100 != 2 {
+		var e apiv1.Error
+		if json.Unmarshal(data, &e) != nil || e.Error == "" {
+			e.Error = fmt.Sprintf("server answered %s", resp.Status)
+		}
+		return &Error{Status: resp.StatusCode, Message: e.Error}
+	}
+	if out == nil {
+		return nil
+	}
+	if raw, ok := out.(*[]byte); ok {
+		*raw = data
+		return nil
+	}
+	if err := json.Unmarshal(data, out); err != nil {
+		return fmt.Errorf("decode server answer: %w", err)
+	}
+	return nil
+}
+
+// unwrapDialError turns "Get http://admin.sock/...: dial unix ...: connect:
+// no such file" into something that says what to check.
+func unwrapDialError(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		err = ue.Err
+	}
+	var oe *net.OpError
+	if errors.As(err, &oe) && oe.Op == "dial" {
+		return fmt.Errorf("cannot reach the server (%v): is it running, and is the address or socket path right?", oe)
+	}
+	return err
+}
+
+// Health checks the server answers.
+func (c *Client) Health(ctx context.Context) error {
+	return c.do(ctx, http.MethodGet, apiv1.PathHealth, nil, nil)
+}
+
+// CreateEntry creates a registration entry.
+func (c *Client) CreateEntry(ctx context.Context, in apiv1.EntryCreate) (apiv1.Entry, error) {
+	var out apiv1.Entry
+	err := c.do(ctx, http.MethodPost, apiv1.PathEntries, in, &out)
+	return out, err
+}
+
+// ListEntries lists entries, optionally filtered.
+func (c *Client) ListEntries(ctx context.Context, spiffeID, parentID string) ([]apiv1.Entry, error) {
+	q := url.Values{}
+	if spiffeID != "" {
+		q.Set("spiffe_id", spiffeID)
+	}
+	if parentID != "" {
+		q.Set("parent_id", parentID)
+	}
+	path := apiv1.PathEntries
+	if len(q) > 0 {
+		path += "?" + q.Encode()
+	}
+	var out apiv1.EntryList
+	err := c.do(ctx, http.MethodGet, path, nil, &out)
+	return out.Entries, err
+}
+
+// GetEntry fetches one entry.
+func (c *Client) GetEntry(ctx context.Context, id string) (apiv1.Entry, error) {
+	var out apiv1.Entry
+	err := c.do(ctx, http.MethodGet, apiv1.PathEntry+url.PathEscape(id), nil, &out)
+	return out, err
+}
+
+// UpdateEntry patches an entry.
+func (c *Client) UpdateEntry(ctx context.Context, id string, p apiv1.EntryPatch) (apiv1.Entry, error) {
+	var out apiv1.Entry
+	err := c.do(ctx, http.MethodPatch, apiv1.PathEntry+url.PathEscape(id), p, &out)
+	return out, err
+}
+
+// DeleteEntry deletes an entry and returns it.
+func (c *Client) DeleteEntry(ctx context.Context, id string) (apiv1.Entry, error) {
+	var out apiv1.Entry
+	err := c.do(ctx, http.MethodDelete, apiv1.PathEntry+url.PathEscape(id), nil, &out)
+	return out, err
+}
+
+// GenerateToken mints a join token.
+func (c *Client) GenerateToken(ctx context.Context, ttl time.Duration) (apiv1.Token, error) {
+	var out apiv1.Token
+	err := c.do(ctx, http.MethodPost, apiv1.PathTokens, apiv1.TokenCreate{TTL: int64(ttl / time.Second)}, &out)
+	return out, err
+}
+
+// ListAgents lists attested agents.
+func (c *Client) ListAgents(ctx context.Context) ([]apiv1.Agent, error) {
+	var out apiv1.AgentList
+	err := c.do(ctx, http.MethodGet, apiv1.PathAgents, nil, &out)
+	return out.Agents, err
+}
+
+// EvictAgent deletes an agent's record; it must attest again.
+func (c *Client) EvictAgent(ctx context.Context, spiffeID string) (apiv1.Agent, error) {
+	var out apiv1.Agent
+	err := c.do(ctx, http.MethodPost, apiv1.PathAgentEvict, apiv1.AgentRef{SPIFFEID: spiffeID}, &out)
+	return out, err
+}
+
+// BanAgent bans an agent.
+func (c *Client) BanAgent(ctx context.Context, spiffeID string) (apiv1.Agent, error) {
+	var out apiv1.Agent
+	err := c.do(ctx, http.MethodPost, apiv1.PathAgentBan, apiv1.AgentRef{SPIFFEID: spiffeID}, &out)
+	return out, err
+}
+
+// Bundle fetches the trust bundle as "pem" or "spiffe" (JWKS).
+func (c *Client) Bundle(ctx context.Context, format string) ([]byte, error) {
+	var out []byte
+	err := c.do(ctx, http.MethodGet, apiv1.PathBundle+"?format="+url.QueryEscape(format), nil, &out)
+	return out, err
+}
+
+// MintX509 mints an X.509-SVID for a CSR.
+func (c *Client) MintX509(ctx context.Context, in apiv1.X509MintRequest) (apiv1.X509MintResponse, error) {
+	var out apiv1.X509MintResponse
+	err := c.do(ctx, http.MethodPost, apiv1.PathMintX509, in, &out)
+	return out, err
+}
+
+// MintJWT mints a JWT-SVID.
+func (c *Client) MintJWT(ctx context.Context, in apiv1.JWTMintRequest) (apiv1.JWTSVID, error) {
+	var out apiv1.JWTSVID
+	err := c.do(ctx, http.MethodPost, apiv1.PathMintJWT, in, &out)
+	return out, err
+}
+
+// Attest performs node attestation with a join token.
+func (c *Client) Attest(ctx context.Context, in apiv1.AttestRequest) (apiv1.AttestResponse, error) {
+	var out apiv1.AttestResponse
+	err := c.do(ctx, http.MethodPost, apiv1.PathAgentAttest, in, &out)
+	return out, err
+}
+
+// RenewAgent renews the calling agent's SVID.
+func (c *Client) RenewAgent(ctx context.Context, csr []byte) (apiv1.X509SVID, error) {
+	var out apiv1.X509SVID
+	err := c.do(ctx, http.MethodPost, apiv1.PathAgentRenew, apiv1.RenewRequest{CSR: csr}, &out)
+	return out, err
+}
+
+// AgentEntries lists the calling agent's authorized entries.
+func (c *Client) AgentEntries(ctx context.Context) ([]apiv1.Entry, error) {
+	var out apiv1.EntryList
+	err := c.do(ctx, http.MethodGet, apiv1.PathAgentEntries, nil, &out)
+	return out.Entries, err
+}
+
+// AgentX509SVIDs asks for SVIDs for authorized entries.
+func (c *Client) AgentX509SVIDs(ctx context.Context, reqs []apiv1.SVIDRequest) ([]apiv1.X509SVIDResult, error) {
+	var out apiv1.X509SVIDBatchResponse
+	err := c.do(ctx, http.MethodPost, apiv1.PathAgentX509SVID, apiv1.X509SVIDBatchRequest{Requests: reqs}, &out)
+	return out.Results, err
+}
+
+// AgentJWTSVID asks for a JWT-SVID for an authorized entry.
+func (c *Client) AgentJWTSVID(ctx context.Context, entryID string, audience []string) (apiv1.JWTSVID, error) {
+	var out apiv1.JWTSVID
+	err := c.do(ctx, http.MethodPost, apiv1.PathAgentJWTSVID, apiv1.AgentJWTRequest{EntryID: entryID, Audience: audience}, &out)
+	return out, err
+}
+
+// IsStatus reports whether err is an API error with the given status.
+func IsStatus(err error, status int) bool {
+	var e *Error
+	return errors.As(err, &e) && e.Status == status
+}

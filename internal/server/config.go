@@ -1,0 +1,281 @@
+package server
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"gopkg.in/yaml.v3"
+
+	"github.com/trustmesh/trustmesh/internal/ca"
+	"github.com/trustmesh/trustmesh/internal/ca/keymanager"
+	"github.com/trustmesh/trustmesh/internal/registry"
+	"github.com/trustmesh/trustmesh/internal/store/sqlstore"
+)
+
+// Defaults for `trustmesh server run`.
+const (
+	DefaultDataDir        = "./.trustmesh/server"
+	DefaultListen         = "127.0.0.1:8081"
+	DefaultTrustDomain    = "example.org"
+	DefaultJoinTokenTTL   = 10 * time.Minute
+	defaultRotateInterval = 10 * time.Second
+	defaultBundleRefresh  = 5 * time.Second
+	maxUnixSocketPath     = 107 // sun_path minus the terminating NUL
+)
+
+// Config is the server configuration as written in YAML. Every key is
+// optional; flags override the file; Resolve fills defaults and checks
+// everything.
+type Config struct {
+	TrustDomain string `yaml:"trust_domain"`
+	DataDir     string `yaml:"data_dir"`
+	Listen      string `yaml:"listen"`
+	AdminSocket string `yaml:"admin_socket"`
+	Datastore   string `yaml:"datastore"`
+	MetricsAddr string `yaml:"metrics_addr"`
+	LogLevel    string `yaml:"log_level"`
+	LogFormat   string `yaml:"log_format"`
+	// AuditLog is the audit trail file; "-" writes it to standard error.
+	AuditLog string `yaml:"audit_log"`
+
+	CA CAConfig `yaml:"ca"`
+
+	DefaultX509SVIDTTL Duration `yaml:"default_x509_svid_ttl"`
+	DefaultJWTSVIDTTL  Duration `yaml:"default_jwt_svid_ttl"`
+	AgentSVIDTTL       Duration `yaml:"agent_svid_ttl"`
+	JoinTokenTTL       Duration `yaml:"join_token_ttl"`
+}
+
+// CAConfig configures the certificate authority.
+type CAConfig struct {
+	KeyType    string          `yaml:"key_type"`     // ec-p256 (default), ec-p384, rsa-2048
+	JWTKeyType string          `yaml:"jwt_key_type"` // ec-p256 (ES256, default), ec-p384 (ES384), rsa-2048 (RS256)
+	TTL        Duration        `yaml:"ttl"`
+	KeyManager string          `yaml:"key_manager"` // disk (default) | memory
+	Upstream   *UpstreamConfig `yaml:"upstream"`
+}
+
+// UpstreamConfig names an upstream CA on disk.
+type UpstreamConfig struct {
+	CertFile   string `yaml:"cert_file"`
+	KeyFile    string `yaml:"key_file"`
+	BundleFile string `yaml:"bundle_file"`
+}
+
+// Duration is a time.Duration written as a Go duration string ("24h").
+type Duration time.Duration
+
+// UnmarshalYAML implements yaml.Unmarshaler.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil {
+		return fmt.Errorf("line %d: want a duration such as \"1h\" or \"90s\"", n.Line)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("line %d: invalid duration %q: want a value such as \"1h\" or \"90s\"", n.Line, s)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalYAML implements yaml.Marshaler.
+func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
+
+// LoadConfigFile decodes a YAML config. Unknown keys are errors; every
+// decoding problem is reported, with line numbers.
+func LoadConfigFile(path string) (Config, error) {
+	var c Config
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return c, fmt.Errorf("read config: %w", err)
+	}
+	return ParseConfig(data)
+}
+
+// ParseConfig decodes YAML config bytes.
+func ParseConfig(data []byte) (Config, error) {
+	var c Config
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+		var te *yaml.TypeError
+		if errors.As(err, &te) {
+			errs := make([]error, len(te.Errors))
+			for i, e := range te.Errors {
+				errs[i] = errors.New(e)
+			}
+			return c, fmt.Errorf("config: %w", errors.Join(errs...))
+		}
+		return c, fmt.Errorf("config: %w", err)
+	}
+	return c, nil
+}
+
+// Settings is the validated, defaulted, immutable configuration the server
+// runs with.
+type Settings struct {
+	TrustDomain  spiffeid.TrustDomain
+	DataDir      string
+	Listen       string
+	AdminSocket  string
+	Datastore    string
+	MetricsAddr  string
+	LogLevel     string
+	LogFormat    string
+	AuditLog     string
+	CATTL        time.Duration
+	X509KeyType  keymanager.KeyType
+	JWTKeyType   keymanager.KeyType
+	KeyManager   string
+	Upstream     *UpstreamConfig
+	X509SVIDTTL  time.Duration
+	JWTSVIDTTL   time.Duration
+	AgentSVIDTTL time.Duration
+	JoinTokenTTL time.Duration
+
+	RotateInterval time.Duration
+	BundleRefresh  time.Duration
+	// Warnings are non-fatal observations (e.g. SVIDs cut short by the CA).
+	Warnings []string
+}
+
+// Resolve applies defaults, derives paths from the data dir and validates
+// everything, reporting every problem at once.
+func (c Config) Resolve() (Settings, error) {
+	var errs []error
+	add := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+	s := Settings{
+		DataDir:        orDefault(c.DataDir, DefaultDataDir),
+		Listen:         orDefault(c.Listen, DefaultListen),
+		MetricsAddr:    c.MetricsAddr,
+		LogLevel:       strings.ToLower(orDefault(c.LogLevel, "info")),
+		LogFormat:      strings.ToLower(orDefault(c.LogFormat, "text")),
+		KeyManager:     strings.ToLower(orDefault(c.CA.KeyManager, "disk")),
+		CATTL:          durationOr(c.CA.TTL, ca.DefaultCATTL),
+		X509SVIDTTL:    durationOr(c.DefaultX509SVIDTTL, ca.DefaultX509SVIDTTL),
+		JWTSVIDTTL:     durationOr(c.DefaultJWTSVIDTTL, ca.DefaultJWTSVIDTTL),
+		JoinTokenTTL:   durationOr(c.JoinTokenTTL, DefaultJoinTokenTTL),
+		Upstream:       c.CA.Upstream,
+		RotateInterval: defaultRotateInterval,
+		BundleRefresh:  defaultBundleRefresh,
+	}
+	s.AgentSVIDTTL = durationOr(c.AgentSVIDTTL, s.X509SVIDTTL)
+	s.AdminSocket = orDefault(c.AdminSocket, filepath.Join(s.DataDir, "admin.sock"))
+	s.Datastore = orDefault(c.Datastore, "sqlite://"+filepath.Join(s.DataDir, "datastore.sqlite3"))
+	s.AuditLog = orDefault(c.AuditLog, filepath.Join(s.DataDir, "audit.log"))
+
+	td, err := spiffeid.TrustDomainFromString(orDefault(c.TrustDomain, DefaultTrustDomain))
+	if err != nil {
+		add("trust_domain %q: %v", c.TrustDomain, err)
+	} else if strings.HasPrefix(c.TrustDomain, "spiffe://") {
+		add("trust_domain %q: give the bare name (%s), not a SPIFFE ID", c.TrustDomain, td.Name())
+	}
+	s.TrustDomain = td
+	if err := checkHostPort(s.Listen); err != nil {
+		add("listen %q: %v", s.Listen, err)
+	}
+	if s.MetricsAddr != "" {
+		if err := checkHostPort(s.MetricsAddr); err != nil {
+			add("metrics_addr %q: %v", s.MetricsAddr, err)
+		}
+	}
+	if len(s.AdminSocket) > maxUnixSocketPath {
+		add("admin_socket %q: path is %d bytes, unix sockets allow at most %d", s.AdminSocket, len(s.AdminSocket), maxUnixSocketPath)
+	}
+	if _, _, err := sqlstore.ParseURL(s.Datastore); err != nil {
+		add("datastore: %v", err)
+	}
+	switch s.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		add("log_level %q: want debug, info, warn or error", c.LogLevel)
+	}
+	switch s.LogFormat {
+	case "text", "json":
+	default:
+		add("log_format %q: want text or json", c.LogFormat)
+	}
+	switch s.KeyManager {
+	case "disk", "memory":
+	default:
+		add("ca.key_manager %q: want disk or memory", c.CA.KeyManager)
+	}
+	if s.X509KeyType, err = keymanager.ParseKeyType(orDefault(c.CA.KeyType, "ec-p256")); err != nil {
+		add("ca.key_type: %v", err)
+	}
+	if s.JWTKeyType, err = keymanager.ParseKeyType(orDefault(c.CA.JWTKeyType, "ec-p256")); err != nil {
+		add("ca.jwt_key_type: %v", err)
+	}
+	if s.CATTL < time.Minute {
+		add("ca.ttl %s: must be at least 1m", s.CATTL)
+	}
+	for name, d := range map[string]time.Duration{
+		"default_x509_svid_ttl": s.X509SVIDTTL, "default_jwt_svid_ttl": s.JWTSVIDTTL, "agent_svid_ttl": s.AgentSVIDTTL,
+	} {
+		if err := registry.CheckTTL(name, d); err != nil {
+			add("%v", err)
+		}
+	}
+	if s.JoinTokenTTL < registry.MinJoinTokenTTL || s.JoinTokenTTL > registry.MaxJoinTokenTTL {
+		add("join_token_ttl %s: must be between %s and %s", s.JoinTokenTTL, registry.MinJoinTokenTTL, registry.MaxJoinTokenTTL)
+	}
+	if u := c.CA.Upstream; u != nil {
+		if u.CertFile == "" || u.KeyFile == "" {
+			add("ca.upstream: cert_file and key_file are both required")
+		}
+		for key, f := range map[string]string{"cert_file": u.CertFile, "key_file": u.KeyFile, "bundle_file": u.BundleFile} {
+			if f == "" {
+				continue
+			}
+			if _, err := os.Stat(f); err != nil {
+				add("ca.upstream.%s: %v", key, err)
+			}
+		}
+	}
+	// As SPIRE: the CA must live six times as long as an SVID, or SVIDs
+	// are cut short at the CA's expiry.
+	for name, d := range map[string]time.Duration{"default_x509_svid_ttl": s.X509SVIDTTL, "agent_svid_ttl": s.AgentSVIDTTL} {
+		if d*6 > s.CATTL {
+			s.Warnings = append(s.Warnings, fmt.Sprintf("%s %s is more than a sixth of ca.ttl %s: SVIDs issued late in a CA's life will be shortened to its expiry", name, d, s.CATTL))
+		}
+	}
+	if len(errs) > 0 {
+		return s, errors.Join(errs...)
+	}
+	return s, nil
+}
+
+func checkHostPort(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return err
+	}
+	if port == "" {
+		return errors.New("missing port")
+	}
+	_ = host // empty host means all interfaces, as net.Listen does
+	return nil
+}
+
+func orDefault(v, def string) string {
+	if v == "" {
+		return def
+	}
+	return v
+}
+
+func durationOr(d Duration, def time.Duration) time.Duration {
+	if d == 0 {
+		return def
+	}
+	return time.Duration(d)
+}
