@@ -70,54 +70,107 @@ type UpstreamConfig struct {
 	BundleFile string `yaml:"bundle_file"`
 }
 
-// Duration is a time.Duration written as a Go duration string ("24h").
-type Duration time.Duration
+// Duration is a duration written as a Go duration string ("24h"). It is
+// parsed in Resolve, not while decoding, so one bad value does not hide
+// the config's other problems.
+type Duration struct {
+	Value time.Duration // used when Raw is empty (configs built in code)
+	Raw   string
+	Line  int
+}
+
+// D returns a Duration for d, for configs built in code.
+func D(d time.Duration) Duration { return Duration{Value: d} }
 
 // UnmarshalYAML implements yaml.Unmarshaler.
 func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
-	var s string
-	if err := n.Decode(&s); err != nil {
-		return fmt.Errorf("line %d: want a duration such as \"1h\" or \"90s\"", n.Line)
+	d.Raw, d.Line = n.Value, n.Line
+	if d.Raw == "" {
+		d.Raw = "<empty>"
 	}
-	v, err := time.ParseDuration(s)
-	if err != nil {
-		return fmt.Errorf("line %d: invalid duration %q: want a value such as \"1h\" or \"90s\"", n.Line, s)
-	}
-	*d = Duration(v)
 	return nil
 }
 
 // MarshalYAML implements yaml.Marshaler.
-func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
+func (d Duration) MarshalYAML() (any, error) {
+	if d.Raw != "" {
+		return d.Raw, nil
+	}
+	return d.Value.String(), nil
+}
 
-// LoadConfigFile decodes a YAML config. Unknown keys are errors; every
-// decoding problem is reported, with line numbers.
+func (d Duration) parse(key string, def time.Duration) (time.Duration, error) {
+	if d.Raw == "" {
+		if d.Value == 0 {
+			return def, nil
+		}
+		return d.Value, nil
+	}
+	v, err := time.ParseDuration(d.Raw)
+	if err != nil {
+		return def, fmt.Errorf("%s (line %d): invalid duration %q: want a value such as \"1h\" or \"90s\"", key, d.Line, d.Raw)
+	}
+	return v, nil
+}
+
+// LoadConfigFile decodes a YAML config file. See ParseConfig.
 func LoadConfigFile(path string) (Config, error) {
-	var c Config
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return c, fmt.Errorf("read config: %w", err)
+		return Config{}, fmt.Errorf("read config: %w", err)
 	}
 	return ParseConfig(data)
 }
 
-// ParseConfig decodes YAML config bytes.
+// DecodeErrors are the problems found while decoding (unknown keys, wrong
+// types). The Config returned with them holds everything else, so Resolve
+// can still report the remaining problems.
+type DecodeErrors struct{ Errs []error }
+
+func (e *DecodeErrors) Error() string { return errors.Join(e.Errs...).Error() }
+
+// ParseConfig decodes YAML config bytes. Unknown keys are errors. A syntax
+// error is returned alone; field-level problems come back as
+// *DecodeErrors alongside the partially decoded Config.
 func ParseConfig(data []byte) (Config, error) {
 	var c Config
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
-	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
-		var te *yaml.TypeError
-		if errors.As(err, &te) {
-			errs := make([]error, len(te.Errors))
-			for i, e := range te.Errors {
-				errs[i] = errors.New(e)
-			}
-			return c, fmt.Errorf("config: %w", errors.Join(errs...))
-		}
-		return c, fmt.Errorf("config: %w", err)
+	err := dec.Decode(&c)
+	if err == nil || errors.Is(err, io.EOF) {
+		return c, nil
 	}
-	return c, nil
+	var te *yaml.TypeError
+	if errors.As(err, &te) {
+		de := &DecodeErrors{}
+		for _, e := range te.Errors {
+			de.Errs = append(de.Errs, errors.New(e))
+		}
+		return c, de
+	}
+	return c, fmt.Errorf("config is not valid YAML: %w", err)
+}
+
+// LoadSettings decodes the config file (if path is not empty), applies
+// override (the command-line flags) and resolves it, reporting every
+// problem found in one error.
+func LoadSettings(path string, override func(*Config)) (Settings, error) {
+	var (
+		c       Config
+		loadErr error
+	)
+	if path != "" {
+		c, loadErr = LoadConfigFile(path)
+		var de *DecodeErrors
+		if loadErr != nil && !errors.As(loadErr, &de) {
+			return Settings{}, loadErr
+		}
+	}
+	if override != nil {
+		override(&c)
+	}
+	set, err := c.Resolve()
+	return set, errors.Join(loadErr, err)
 }
 
 // Settings is the validated, defaulted, immutable configuration the server
@@ -160,22 +213,37 @@ func (c Config) Resolve() (Settings, error) {
 		LogLevel:       strings.ToLower(orDefault(c.LogLevel, "info")),
 		LogFormat:      strings.ToLower(orDefault(c.LogFormat, "text")),
 		KeyManager:     strings.ToLower(orDefault(c.CA.KeyManager, "disk")),
-		CATTL:          durationOr(c.CA.TTL, ca.DefaultCATTL),
-		X509SVIDTTL:    durationOr(c.DefaultX509SVIDTTL, ca.DefaultX509SVIDTTL),
-		JWTSVIDTTL:     durationOr(c.DefaultJWTSVIDTTL, ca.DefaultJWTSVIDTTL),
-		JoinTokenTTL:   durationOr(c.JoinTokenTTL, DefaultJoinTokenTTL),
 		Upstream:       c.CA.Upstream,
 		RotateInterval: defaultRotateInterval,
 		BundleRefresh:  defaultBundleRefresh,
 	}
-	s.AgentSVIDTTL = durationOr(c.AgentSVIDTTL, s.X509SVIDTTL)
+	var err error
+	durations := []struct {
+		key string
+		in  Duration
+		def time.Duration
+		out *time.Duration
+	}{
+		{"ca.ttl", c.CA.TTL, ca.DefaultCATTL, &s.CATTL},
+		{"default_x509_svid_ttl", c.DefaultX509SVIDTTL, ca.DefaultX509SVIDTTL, &s.X509SVIDTTL},
+		{"default_jwt_svid_ttl", c.DefaultJWTSVIDTTL, ca.DefaultJWTSVIDTTL, &s.JWTSVIDTTL},
+		{"join_token_ttl", c.JoinTokenTTL, DefaultJoinTokenTTL, &s.JoinTokenTTL},
+	}
+	for _, d := range durations {
+		if *d.out, err = d.in.parse(d.key, d.def); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if s.AgentSVIDTTL, err = c.AgentSVIDTTL.parse("agent_svid_ttl", s.X509SVIDTTL); err != nil {
+		errs = append(errs, err)
+	}
 	s.AdminSocket = orDefault(c.AdminSocket, filepath.Join(s.DataDir, "admin.sock"))
 	s.Datastore = orDefault(c.Datastore, "sqlite://"+filepath.Join(s.DataDir, "datastore.sqlite3"))
 	s.AuditLog = orDefault(c.AuditLog, filepath.Join(s.DataDir, "audit.log"))
 
-	td, err := spiffeid.TrustDomainFromString(orDefault(c.TrustDomain, DefaultTrustDomain))
-	if err != nil {
-		add("trust_domain %q: %v", c.TrustDomain, err)
+	td, tdErr := spiffeid.TrustDomainFromString(orDefault(c.TrustDomain, DefaultTrustDomain))
+	if tdErr != nil {
+		add("trust_domain %q: %v", c.TrustDomain, tdErr)
 	} else if strings.HasPrefix(c.TrustDomain, "spiffe://") {
 		add("trust_domain %q: give the bare name (%s), not a SPIFFE ID", c.TrustDomain, td.Name())
 	}
@@ -271,11 +339,4 @@ func orDefault(v, def string) string {
 		return def
 	}
 	return v
-}
-
-func durationOr(d Duration, def time.Duration) time.Duration {
-	if d == 0 {
-		return def
-	}
-	return time.Duration(d)
 }
