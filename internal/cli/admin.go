@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 
 	apiv1 "github.com/trustmesh/trustmesh/api/v1"
+	"github.com/trustmesh/trustmesh/internal/apiclient"
 	"github.com/trustmesh/trustmesh/internal/ca"
 	"github.com/trustmesh/trustmesh/internal/ca/keymanager"
 )
@@ -37,24 +39,21 @@ server keeps only a hash of its secret.`,
 		Example: "  trustmesh token generate\n  trustmesh token generate --ttl 1h -o json",
 		Args:    noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := conn.client(cmd)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
 			if _, err := wholeSeconds(cmd, "ttl", ttl); err != nil {
 				return err
 			}
-			tok, err := c.GenerateToken(cmd.Context(), ttl)
-			if err != nil {
-				return err
-			}
-			if conn.out.json() {
-				return printJSON(cmd.OutOrStdout(), tok)
-			}
-			fmt.Fprintln(cmd.OutOrStdout(), tok.Token)
-			fmt.Fprintf(cmd.ErrOrStderr(), "agent SPIFFE ID: %s (token expires %s)\n", tok.AgentSPIFFEID, fmtTime(tok.ExpiresAt))
-			return nil
+			return conn.call(cmd, func(c *apiclient.Client) error {
+				tok, err := c.GenerateToken(cmd.Context(), ttl)
+				if err != nil {
+					return err
+				}
+				return conn.emit(cmd, tok, func(w io.Writer) error {
+					// The token alone on stdout, so TOKEN=$(trustmesh token generate) works.
+					fmt.Fprintf(cmd.ErrOrStderr(), "agent SPIFFE ID: %s (token expires %s)\n", tok.AgentSPIFFEID, fmtTime(tok.ExpiresAt))
+					_, err := fmt.Fprintln(w, tok.Token)
+					return err
+				})
+			})
 		},
 	}
 	gen.Flags().DurationVar(&ttl, "ttl", 0, "how long the token may be used (default: the server's join_token_ttl, 10m)")
@@ -83,23 +82,19 @@ func newAgentListCmd() *cobra.Command {
 		Example: "  trustmesh agent list -o json",
 		Args:    noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := conn.client(cmd)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			agents, err := c.ListAgents(cmd.Context())
-			if err != nil {
-				return err
-			}
-			if conn.out.json() {
-				return printJSON(cmd.OutOrStdout(), apiv1.AgentList{Agents: agents})
-			}
-			t := newTable(cmd.OutOrStdout(), "SPIFFE ID", "ATTESTATION", "SERIAL", "SVID EXPIRES", "BANNED")
-			for _, a := range agents {
-				t.row(a.SPIFFEID, a.AttestationType, orDash(a.SerialNumber), fmtTime(a.ExpiresAt), fmt.Sprint(a.Banned))
-			}
-			return t.flush()
+			return conn.call(cmd, func(c *apiclient.Client) error {
+				agents, err := c.ListAgents(cmd.Context())
+				if err != nil {
+					return err
+				}
+				return conn.emit(cmd, apiv1.AgentList{Agents: agents}, func(w io.Writer) error {
+					t := newTable(w, "SPIFFE ID", "ATTESTATION", "SERIAL", "SVID EXPIRES", "BANNED")
+					for _, a := range agents {
+						t.row(a.SPIFFEID, a.AttestationType, orDash(a.SerialNumber), fmtTime(a.ExpiresAt), fmt.Sprint(a.Banned))
+					}
+					return t.flush()
+				})
+			})
 		},
 	}
 	conn.register(cmd, true)
@@ -114,25 +109,21 @@ func newAgentActionCmd(action, short string) *cobra.Command {
 		Example: fmt.Sprintf("  trustmesh agent %s spiffe://example.org/trustmesh/agent/join_token/0123456789abcdef", action),
 		Args:    exactArgs(1, "the agent's SPIFFE ID"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := conn.client(cmd)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			do := c.EvictAgent
-			if action == "ban" {
-				do = c.BanAgent
-			}
-			a, err := do(cmd.Context(), args[0])
-			if err != nil {
-				return err
-			}
-			if conn.out.json() {
-				return printJSON(cmd.OutOrStdout(), a)
-			}
-			past := map[string]string{"evict": "evicted", "ban": "banned"}[action]
-			fmt.Fprintf(cmd.OutOrStdout(), "%s agent %s\n", past, a.SPIFFEID)
-			return nil
+			return conn.call(cmd, func(c *apiclient.Client) error {
+				do := c.EvictAgent
+				if action == "ban" {
+					do = c.BanAgent
+				}
+				a, err := do(cmd.Context(), args[0])
+				if err != nil {
+					return err
+				}
+				return conn.emit(cmd, a, func(w io.Writer) error {
+					past := map[string]string{"evict": "evicted", "ban": "banned"}[action]
+					_, err := fmt.Fprintf(w, "%s agent %s\n", past, a.SPIFFEID)
+					return err
+				})
+			})
 		},
 	}
 	conn.register(cmd, true)
@@ -159,17 +150,14 @@ and the JWT-SVID signing keys with their key IDs.`,
 			if format != "pem" && format != "spiffe" {
 				return usageErrorf(cmd, "--format %q: want pem or spiffe", format)
 			}
-			c, err := conn.client(cmd)
-			if err != nil {
+			return conn.call(cmd, func(c *apiclient.Client) error {
+				data, err := c.Bundle(cmd.Context(), format)
+				if err != nil {
+					return err
+				}
+				_, err = cmd.OutOrStdout().Write(data)
 				return err
-			}
-			defer c.Close()
-			data, err := c.Bundle(cmd.Context(), format)
-			if err != nil {
-				return err
-			}
-			_, err = cmd.OutOrStdout().Write(data)
-			return err
+			})
 		},
 	}
 	show.Flags().StringVar(&format, "format", "pem", "pem or spiffe")
@@ -207,53 +195,50 @@ and bundle.pem. Requires admin rights.`,
 			if err != nil {
 				return err
 			}
-			c, err := conn.client(cmd)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-			if err != nil {
-				return err
-			}
-			csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
-			if err != nil {
-				return err
-			}
-			resp, err := c.MintX509(cmd.Context(), apiv1.X509MintRequest{SPIFFEID: spiffeID, CSR: csr, TTL: secs, DNSNames: dns})
-			if err != nil {
-				return err
-			}
-			keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-			if err != nil {
-				return err
-			}
-			if err := os.MkdirAll(dir, 0o700); err != nil {
-				return err
-			}
-			files := map[string][]byte{
-				"svid.pem":   ca.EncodeCertificatesPEM(resp.SVID.Chain...),
-				"svid.key":   pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}),
-				"bundle.pem": []byte(resp.BundlePEM),
-			}
-			for _, name := range []string{"svid.key", "svid.pem", "bundle.pem"} {
-				mode := os.FileMode(0o644)
-				if name == "svid.key" {
-					mode = 0o600
+			return conn.call(cmd, func(c *apiclient.Client) error {
+				key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+				if err != nil {
+					return err
 				}
-				if err := keymanager.WriteFileAtomic(filepath.Join(dir, name), files[name], mode); err != nil {
-					return fmt.Errorf("write %s: %w", name, err)
+				csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+				if err != nil {
+					return err
 				}
-			}
-			if conn.out.json() {
-				return printJSON(cmd.OutOrStdout(), map[string]any{
+				resp, err := c.MintX509(cmd.Context(), apiv1.X509MintRequest{SPIFFEID: spiffeID, CSR: csr, TTL: secs, DNSNames: dns})
+				if err != nil {
+					return err
+				}
+				keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+				if err != nil {
+					return err
+				}
+				if err := os.MkdirAll(dir, 0o700); err != nil {
+					return err
+				}
+				files := map[string][]byte{
+					"svid.pem":   ca.EncodeCertificatesPEM(resp.SVID.Chain...),
+					"svid.key":   pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}),
+					"bundle.pem": []byte(resp.BundlePEM),
+				}
+				for _, name := range []string{"svid.key", "svid.pem", "bundle.pem"} {
+					mode := os.FileMode(0o644)
+					if name == "svid.key" {
+						mode = 0o600
+					}
+					if err := keymanager.WriteFileAtomic(filepath.Join(dir, name), files[name], mode); err != nil {
+						return fmt.Errorf("write %s: %w", name, err)
+					}
+				}
+				summary := map[string]any{
 					"spiffe_id": resp.SVID.SPIFFEID, "serial_number": resp.SVID.Serial, "expires_at": resp.SVID.ExpiresAt,
 					"svid_file": filepath.Join(dir, "svid.pem"), "key_file": filepath.Join(dir, "svid.key"), "bundle_file": filepath.Join(dir, "bundle.pem"),
+				}
+				return conn.emit(cmd, summary, func(w io.Writer) error {
+					_, err := fmt.Fprintf(w, "wrote svid.pem, svid.key and bundle.pem to %s (SPIFFE ID %s, expires %s)\n",
+						dir, resp.SVID.SPIFFEID, fmtTime(resp.SVID.ExpiresAt))
+					return err
 				})
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "wrote svid.pem, svid.key and bundle.pem to %s (SPIFFE ID %s, expires %s)\n",
-				dir, resp.SVID.SPIFFEID, fmtTime(resp.SVID.ExpiresAt))
-			return nil
+			})
 		},
 	}
 	mint.Flags().StringVar(&spiffeID, "spiffe-id", "", "SPIFFE ID of the SVID")
@@ -289,20 +274,16 @@ func newJWTCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			c, err := conn.client(cmd)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			svid, err := c.MintJWT(cmd.Context(), apiv1.JWTMintRequest{SPIFFEID: spiffeID, Audience: audience, TTL: secs})
-			if err != nil {
-				return err
-			}
-			if conn.out.json() {
-				return printJSON(cmd.OutOrStdout(), svid)
-			}
-			fmt.Fprintln(cmd.OutOrStdout(), strings.TrimSpace(svid.Token))
-			return nil
+			return conn.call(cmd, func(c *apiclient.Client) error {
+				svid, err := c.MintJWT(cmd.Context(), apiv1.JWTMintRequest{SPIFFEID: spiffeID, Audience: audience, TTL: secs})
+				if err != nil {
+					return err
+				}
+				return conn.emit(cmd, svid, func(w io.Writer) error {
+					_, err := fmt.Fprintln(w, strings.TrimSpace(svid.Token))
+					return err
+				})
+			})
 		},
 	}
 	mint.Flags().StringVar(&spiffeID, "spiffe-id", "", "SPIFFE ID (the sub claim)")

@@ -3,6 +3,7 @@ package cli
 import (
 	"crypto/tls"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 
@@ -89,4 +90,22 @@ func (a *adminConn) client(cmd *cobra.Command) (*apiclient.Client, error) {
 	cfg := identity.ClientTLSConfig(func() (*tls.Certificate, error) { return cert, nil },
 		x509bundle.FromX509Authorities(td, roots), registry.ServerID(td))
 	return apiclient.NewTLS(a.server, cfg), nil
+}
+
+// call connects as configured, runs fn with the client and closes it.
+func (a *adminConn) call(cmd *cobra.Command, fn func(*apiclient.Client) error) error {
+	c, err := a.client(cmd)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return fn(c)
+}
+
+// emit prints v as JSON with -o json, and through text otherwise.
+func (a *adminConn) emit(cmd *cobra.Command, v any, text func(w io.Writer) error) error {
+	if a.out.json() {
+		return printJSON(cmd.OutOrStdout(), v)
+	}
+	return text(cmd.OutOrStdout())
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	apiv1 "github.com/trustmesh/trustmesh/api/v1"
+	"github.com/trustmesh/trustmesh/internal/apiclient"
 )
 
 func newEntryCmd() *cobra.Command {
@@ -85,12 +86,8 @@ Prints the new entry's id (the whole entry with -o json).`,
       --x509-ttl 30m --dns frontend.default.svc`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := conn.client(cmd)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
 			in := apiv1.EntryCreate{SPIFFEID: f.spiffeID, ParentID: f.parentID, Selectors: f.selectors, DNSNames: f.dns, Admin: f.admin, Hint: f.hint}
+			var err error
 			if in.X509SVIDTTL, err = wholeSeconds(cmd, "x509-ttl", f.x509TTL); err != nil {
 				return err
 			}
@@ -102,15 +99,16 @@ Prints the new entry's id (the whole entry with -o json).`,
 					return err
 				}
 			}
-			e, err := c.CreateEntry(cmd.Context(), in)
-			if err != nil {
-				return err
-			}
-			if conn.out.json() {
-				return printJSON(cmd.OutOrStdout(), e)
-			}
-			fmt.Fprintln(cmd.OutOrStdout(), e.ID)
-			return nil
+			return conn.call(cmd, func(c *apiclient.Client) error {
+				e, err := c.CreateEntry(cmd.Context(), in)
+				if err != nil {
+					return err
+				}
+				return conn.emit(cmd, e, func(w io.Writer) error {
+					_, err := fmt.Fprintln(w, e.ID)
+					return err
+				})
+			})
 		},
 	}
 	f.register(cmd, false)
@@ -127,24 +125,20 @@ func newEntryListCmd() *cobra.Command {
 		Example: "  trustmesh entry list\n  trustmesh entry list --parent-id spiffe://example.org/trustmesh/agent/join_token/0123456789abcdef -o json",
 		Args:    noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := conn.client(cmd)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			entries, err := c.ListEntries(cmd.Context(), spiffeID, parentID)
-			if err != nil {
-				return err
-			}
-			if conn.out.json() {
-				return printJSON(cmd.OutOrStdout(), apiv1.EntryList{Entries: entries})
-			}
-			t := newTable(cmd.OutOrStdout(), "ID", "SPIFFE ID", "PARENT ID", "SELECTORS", "X509 TTL", "JWT TTL", "ADMIN", "EXPIRES")
-			for _, e := range entries {
-				t.row(e.ID, e.SPIFFEID, e.ParentID, strings.Join(e.Selectors, ","), fmtSeconds(e.X509SVIDTTL),
-					fmtSeconds(e.JWTSVIDTTL), fmt.Sprint(e.Admin), fmtTimePtr(e.ExpiresAt))
-			}
-			return t.flush()
+			return conn.call(cmd, func(c *apiclient.Client) error {
+				entries, err := c.ListEntries(cmd.Context(), spiffeID, parentID)
+				if err != nil {
+					return err
+				}
+				return conn.emit(cmd, apiv1.EntryList{Entries: entries}, func(w io.Writer) error {
+					t := newTable(w, "ID", "SPIFFE ID", "PARENT ID", "SELECTORS", "X509 TTL", "JWT TTL", "ADMIN", "EXPIRES")
+					for _, e := range entries {
+						t.row(e.ID, e.SPIFFEID, e.ParentID, strings.Join(e.Selectors, ","), fmtSeconds(e.X509SVIDTTL),
+							fmtSeconds(e.JWTSVIDTTL), fmt.Sprint(e.Admin), fmtTimePtr(e.ExpiresAt))
+					}
+					return t.flush()
+				})
+			})
 		},
 	}
 	cmd.Flags().StringVar(&spiffeID, "spiffe-id", "", "only entries with this SPIFFE ID")
@@ -186,19 +180,13 @@ func newEntryShowCmd() *cobra.Command {
 		Example: "  trustmesh entry show 3f1c2d0e-8a4b-4c57-9a7e-2b9d3c4e5f60",
 		Args:    exactArgs(1, "one entry id"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := conn.client(cmd)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			e, err := c.GetEntry(cmd.Context(), args[0])
-			if err != nil {
-				return err
-			}
-			if conn.out.json() {
-				return printJSON(cmd.OutOrStdout(), e)
-			}
-			return printEntry(cmd.OutOrStdout(), e)
+			return conn.call(cmd, func(c *apiclient.Client) error {
+				e, err := c.GetEntry(cmd.Context(), args[0])
+				if err != nil {
+					return err
+				}
+				return conn.emit(cmd, e, func(w io.Writer) error { return printEntry(w, e) })
+			})
 		},
 	}
 	conn.register(cmd, true)
@@ -220,64 +208,69 @@ entry changed since you read it.`,
   trustmesh entry update 3f1c2d0e-8a4b-4c57-9a7e-2b9d3c4e5f60 --selector unix:uid:1002 --admin=false`,
 		Args: exactArgs(1, "one entry id"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := conn.client(cmd)
+			p, err := f.patch(cmd)
 			if err != nil {
 				return err
 			}
-			defer c.Close()
-			p := apiv1.EntryPatch{Revision: revision, ClearExpiry: f.clearExpiry}
-			changed := cmd.Flags().Changed
-			if changed("spiffe-id") {
-				p.SPIFFEID = &f.spiffeID
-			}
-			if changed("parent-id") {
-				p.ParentID = &f.parentID
-			}
-			if changed("selector") {
-				p.Selectors = &f.selectors
-			}
-			if changed("dns") {
-				p.DNSNames = &f.dns
-			}
-			if changed("admin") {
-				p.Admin = &f.admin
-			}
-			if changed("hint") {
-				p.Hint = &f.hint
-			}
-			if changed("x509-ttl") {
-				s, err := wholeSeconds(cmd, "x509-ttl", f.x509TTL)
+			p.Revision = revision
+			return conn.call(cmd, func(c *apiclient.Client) error {
+				e, err := c.UpdateEntry(cmd.Context(), args[0], p)
 				if err != nil {
 					return err
 				}
-				p.X509SVIDTTL = &s
-			}
-			if changed("jwt-ttl") {
-				s, err := wholeSeconds(cmd, "jwt-ttl", f.jwtTTL)
-				if err != nil {
-					return err
-				}
-				p.JWTSVIDTTL = &s
-			}
-			if changed("expires-at") {
-				if p.ExpiresAt, err = parseExpiry(cmd, f.expiresAt); err != nil {
-					return err
-				}
-			}
-			e, err := c.UpdateEntry(cmd.Context(), args[0], p)
-			if err != nil {
-				return err
-			}
-			if conn.out.json() {
-				return printJSON(cmd.OutOrStdout(), e)
-			}
-			return printEntry(cmd.OutOrStdout(), e)
+				return conn.emit(cmd, e, func(w io.Writer) error { return printEntry(w, e) })
+			})
 		},
 	}
 	f.register(cmd, true)
 	cmd.Flags().Int64Var(&revision, "revision", 0, "only update if the entry is still at this revision")
 	conn.register(cmd, true)
 	return cmd
+}
+
+// patch builds an update from the flags that were set.
+func (f *entryFlags) patch(cmd *cobra.Command) (apiv1.EntryPatch, error) {
+	p := apiv1.EntryPatch{ClearExpiry: f.clearExpiry}
+	changed := cmd.Flags().Changed
+	if changed("spiffe-id") {
+		p.SPIFFEID = &f.spiffeID
+	}
+	if changed("parent-id") {
+		p.ParentID = &f.parentID
+	}
+	if changed("selector") {
+		p.Selectors = &f.selectors
+	}
+	if changed("dns") {
+		p.DNSNames = &f.dns
+	}
+	if changed("admin") {
+		p.Admin = &f.admin
+	}
+	if changed("hint") {
+		p.Hint = &f.hint
+	}
+	for _, ttl := range []struct {
+		flag string
+		v    time.Duration
+		dst  **int64
+	}{{"x509-ttl", f.x509TTL, &p.X509SVIDTTL}, {"jwt-ttl", f.jwtTTL, &p.JWTSVIDTTL}} {
+		if !changed(ttl.flag) {
+			continue
+		}
+		s, err := wholeSeconds(cmd, ttl.flag, ttl.v)
+		if err != nil {
+			return p, err
+		}
+		*ttl.dst = &s
+	}
+	if changed("expires-at") {
+		var err error
+		if p.ExpiresAt, err = parseExpiry(cmd, f.expiresAt); err != nil {
+			return p, err
+		}
+	}
+	return p, nil
 }
 
 func newEntryDeleteCmd() *cobra.Command {
@@ -288,20 +281,16 @@ func newEntryDeleteCmd() *cobra.Command {
 		Example: "  trustmesh entry delete 3f1c2d0e-8a4b-4c57-9a7e-2b9d3c4e5f60",
 		Args:    exactArgs(1, "one entry id"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := conn.client(cmd)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			e, err := c.DeleteEntry(cmd.Context(), args[0])
-			if err != nil {
-				return err
-			}
-			if conn.out.json() {
-				return printJSON(cmd.OutOrStdout(), e)
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "deleted entry %s (%s)\n", e.ID, e.SPIFFEID)
-			return nil
+			return conn.call(cmd, func(c *apiclient.Client) error {
+				e, err := c.DeleteEntry(cmd.Context(), args[0])
+				if err != nil {
+					return err
+				}
+				return conn.emit(cmd, e, func(w io.Writer) error {
+					_, err := fmt.Fprintf(w, "deleted entry %s (%s)\n", e.ID, e.SPIFFEID)
+					return err
+				})
+			})
 		},
 	}
 	conn.register(cmd, true)

@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/trustmesh/trustmesh/internal/apiclient"
 	"github.com/trustmesh/trustmesh/internal/server"
 )
 
@@ -134,16 +135,13 @@ func newServerHealthcheckCmd() *cobra.Command {
 		Example: "  trustmesh server healthcheck --admin-socket ./.trustmesh/server/admin.sock",
 		Args:    noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := conn.client(cmd)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			if err := c.Health(cmd.Context()); err != nil {
-				return err
-			}
-			fmt.Fprintln(cmd.OutOrStdout(), "server is healthy")
-			return nil
+			return conn.call(cmd, func(c *apiclient.Client) error {
+				if err := c.Health(cmd.Context()); err != nil {
+					return err
+				}
+				fmt.Fprintln(cmd.OutOrStdout(), "server is healthy")
+				return nil
+			})
 		},
 	}
 	conn.register(cmd, false)

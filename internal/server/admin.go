@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	apiv1 "github.com/trustmesh/trustmesh/api/v1"
 	"github.com/trustmesh/trustmesh/internal/ca"
@@ -305,17 +306,9 @@ func (s *Server) mintX509(w http.ResponseWriter, r *http.Request, req *request) 
 	if err := decodeJSON(w, r, &in); err != nil {
 		return err
 	}
-	req.target = in.SPIFFEID
-	id, err := registry.ParseWorkloadID(s.set.TrustDomain, in.SPIFFEID)
+	id, ttl, err := s.mintTarget(req, in.SPIFFEID, in.TTL)
 	if err != nil {
-		return badRequest(err)
-	}
-	ttl, err := secondsToDuration("TTL", in.TTL)
-	if err == nil {
-		err = registry.CheckTTL("TTL", ttl)
-	}
-	if err != nil {
-		return badRequest(err)
+		return err
 	}
 	for _, d := range in.DNSNames {
 		if err := registry.CheckDNSName(d); err != nil {
@@ -340,17 +333,9 @@ func (s *Server) mintJWT(w http.ResponseWriter, r *http.Request, req *request) e
 	if err := decodeJSON(w, r, &in); err != nil {
 		return err
 	}
-	req.target = in.SPIFFEID
-	id, err := registry.ParseWorkloadID(s.set.TrustDomain, in.SPIFFEID)
+	id, ttl, err := s.mintTarget(req, in.SPIFFEID, in.TTL)
 	if err != nil {
-		return badRequest(err)
-	}
-	ttl, err := secondsToDuration("TTL", in.TTL)
-	if err == nil {
-		err = registry.CheckTTL("TTL", ttl)
-	}
-	if err != nil {
-		return badRequest(err)
+		return err
 	}
 	tok, exp, err := s.ca.SignJWTSVID(id, in.Audience, ttl)
 	if err != nil {
@@ -363,6 +348,24 @@ func (s *Server) mintJWT(w http.ResponseWriter, r *http.Request, req *request) e
 	req.attrs = []slog.Attr{slog.Any("audience", in.Audience), slog.Time("expires_at", exp)}
 	writeJSON(w, http.StatusOK, apiv1.JWTSVID{SPIFFEID: id.String(), Token: tok, ExpiresAt: exp})
 	return nil
+}
+
+// mintTarget checks the SPIFFE ID and TTL of a mint request: any workload
+// ID in the trust domain (not the reserved agent and server IDs).
+func (s *Server) mintTarget(req *request, rawID string, ttlSeconds int64) (spiffeid.ID, time.Duration, error) {
+	req.target = rawID
+	id, err := registry.ParseWorkloadID(s.set.TrustDomain, rawID)
+	if err != nil {
+		return id, 0, badRequest(err)
+	}
+	ttl, err := secondsToDuration("TTL", ttlSeconds)
+	if err == nil {
+		err = registry.CheckTTL("TTL", ttl)
+	}
+	if err != nil {
+		return id, 0, badRequest(err)
+	}
+	return id, ttl, nil
 }
 
 // signX509 signs and counts an X.509-SVID.

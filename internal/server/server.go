@@ -283,9 +283,9 @@ func (s *Server) currentServerCert() (*tls.Certificate, error) {
 		return nil, err
 	}
 	s.serverCert.Store(cert)
-	if s.metrics != nil {
-		s.metrics.SVIDsIssued.WithLabelValues("x509", "server").Inc()
-	}
+	s.metrics.SVIDsIssued.WithLabelValues("x509", "server").Inc()
+	s.audit.Record(context.Background(), audit.Event{Actor: "server", Operation: "x509svid.issue", Target: id.String(), Outcome: audit.Success,
+		Attrs: []slog.Attr{slog.String("serial_number", issued.Serial.Text(16)), slog.Time("expires_at", issued.NotAfter)}})
 	return cert, nil
 }
 
