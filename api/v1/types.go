@@ -15,6 +15,7 @@ const (
 	PathEntries       = "/v1/admin/entries"      // GET list, POST create
 	PathEntry         = "/v1/admin/entries/"     // + id: GET, PATCH, DELETE
 	PathTokens        = "/v1/admin/tokens"       // POST
+	PathToken         = "/v1/admin/tokens/"      // + token id: DELETE (revoke)
 	PathAgents        = "/v1/admin/agents"       // GET
 	PathAgentEvict    = "/v1/admin/agents/evict" // POST AgentRef
 	PathAgentBan      = "/v1/admin/agents/ban"   // POST AgentRef
@@ -97,6 +98,11 @@ type Token struct {
 	ID            string    `json:"id"`
 	AgentSPIFFEID string    `json:"agent_spiffe_id"`
 	ExpiresAt     time.Time `json:"expires_at"`
+}
+
+// TokenRef names a join token by its public id.
+type TokenRef struct {
+	ID string `json:"id"`
 }
 
 // Agent is an attested node agent.

@@ -171,6 +171,11 @@ func (c *Client) GenerateToken(ctx context.Context, ttl time.Duration) (apiv1.To
 	return out, err
 }
 
+// RevokeToken deletes an unused join token.
+func (c *Client) RevokeToken(ctx context.Context, id string) error {
+	return c.do(ctx, http.MethodDelete, apiv1.PathToken+url.PathEscape(id), nil, nil)
+}
+
 // ListAgents lists attested agents.
 func (c *Client) ListAgents(ctx context.Context) ([]apiv1.Agent, error) {
 	var out apiv1.AgentList

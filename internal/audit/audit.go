@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 )
 
 // Outcomes.
@@ -40,7 +41,8 @@ type Event struct {
 
 // Logger records events. The zero value discards them.
 type Logger struct {
-	h slog.Handler
+	h      slog.Handler
+	failed atomic.Uint64
 }
 
 // New writes JSON lines to w.
@@ -84,5 +86,17 @@ func (l *Logger) Record(ctx context.Context, e Event) {
 		r.AddAttrs(slog.String(KeyReason, e.Reason))
 	}
 	r.AddAttrs(e.Attrs...)
-	_ = l.h.Handle(ctx, r) // an audit write error must not fail the request; the writer is a local file
+	// A failed audit write must not fail the request it records; it is
+	// counted (Failures, exported as a metric) so it cannot go unnoticed.
+	if err := l.h.Handle(ctx, r); err != nil {
+		l.failed.Add(1)
+	}
+}
+
+// Failures is the number of records that could not be written.
+func (l *Logger) Failures() uint64 {
+	if l == nil {
+		return 0
+	}
+	return l.failed.Load()
 }

@@ -74,3 +74,16 @@ func TestNilLoggerDiscards(t *testing.T) {
 	var l *Logger
 	l.Record(context.Background(), Event{Operation: "x"}) // must not panic
 }
+
+type failingWriter struct{}
+
+func (failingWriter) Write([]byte) (int, error) { return 0, os.ErrClosed }
+
+func TestWriteFailuresAreCounted(t *testing.T) {
+	l := New(failingWriter{})
+	l.Record(context.Background(), Event{Operation: "x"})
+	l.Record(context.Background(), Event{Operation: "y"})
+	if n := l.Failures(); n != 2 {
+		t.Fatalf("Failures() = %d, want 2", n)
+	}
+}

@@ -61,6 +61,9 @@ type Manager struct {
 	mu   sync.Mutex
 	x509 slotPair[*X509Authority]
 	jwt  slotPair[*JWTKey]
+	// dirty: slot state changed but is not yet in the journal (or the
+	// change was not yet announced through OnChange).
+	dirty bool
 }
 
 // NewManager validates cfg and returns a manager; call Initialize next.
@@ -144,17 +147,23 @@ func (m *Manager) Run(ctx context.Context, interval time.Duration) error {
 
 func (m *Manager) rotateLocked(ctx context.Context) error {
 	now := m.cfg.Clock()
-	x509Changed, err := m.x509.step(now, func(id string) (*slot[*X509Authority], error) { return m.prepareX509(ctx, id, now) })
-	if err != nil {
-		return fmt.Errorf("rotate X.509 CA: %w", err)
+	x509Changed, x509Err := m.x509.step(now, func(id string) (*slot[*X509Authority], error) { return m.prepareX509(ctx, id, now) })
+	jwtChanged, jwtErr := m.jwt.step(now, func(id string) (*slot[*JWTKey], error) { return m.prepareJWT(ctx, id, now) })
+	if x509Err != nil || jwtErr != nil {
+		// Record what did change before reporting the failure.
+		m.dirty = m.dirty || x509Changed || jwtChanged
+		if m.dirty && m.saveJournal() == nil {
+			m.dirty = false
+		}
+		if x509Err != nil {
+			return fmt.Errorf("rotate X.509 CA: %w", x509Err)
+		}
+		return fmt.Errorf("rotate JWT key: %w", jwtErr)
 	}
-	jwtChanged, err := m.jwt.step(now, func(id string) (*slot[*JWTKey], error) { return m.prepareJWT(ctx, id, now) })
-	if err != nil {
-		return fmt.Errorf("rotate JWT key: %w", err)
-	}
-	if x509Changed || jwtChanged {
+	m.dirty = m.dirty || x509Changed || jwtChanged
+	if m.dirty {
 		if err := m.saveJournal(); err != nil {
-			return err
+			return err // still dirty: retried on the next step
 		}
 	}
 	if a := m.x509.with(statusActive); a != nil && m.cfg.CA.X509Authority() != a.Value {
@@ -170,8 +179,11 @@ func (m *Manager) rotateLocked(ctx context.Context) error {
 	} else if n > 0 {
 		m.cfg.Logger.Info("pruned expired authorities from the bundle", "count", n)
 	}
-	if (x509Changed || jwtChanged) && m.cfg.OnChange != nil {
-		m.cfg.OnChange()
+	if m.dirty {
+		m.dirty = false
+		if m.cfg.OnChange != nil {
+			m.cfg.OnChange()
+		}
 	}
 	return nil
 }
@@ -240,12 +252,20 @@ func (m *Manager) signCA(key crypto.Signer, now time.Time) (*X509Authority, erro
 	return &X509Authority{Cert: cert, Signer: key, ChainDER: m.chainFor(cert)}, nil
 }
 
+// chainFor is what follows a leaf signed by cert: nothing for a
+// self-signed CA; under an upstream CA, cert itself, then the upstream
+// certificate unless it is one of the bundle roots, then the upstream's
+// own intermediates.
 func (m *Manager) chainFor(cert *x509.Certificate) [][]byte {
-	if m.cfg.Upstream == nil {
+	up := m.cfg.Upstream
+	if up == nil {
 		return nil
 	}
 	chain := [][]byte{cert.Raw}
-	for _, c := range m.cfg.Upstream.Intermediates {
+	if !up.IsRoot(up.Cert) {
+		chain = append(chain, up.Cert.Raw)
+	}
+	for _, c := range up.Intermediates {
 		chain = append(chain, c.Raw)
 	}
 	return chain

@@ -310,3 +310,98 @@ func TestSwitchingToUpstreamReplacesCA(t *testing.T) {
 		t.Fatal("still signing with the self-signed CA")
 	}
 }
+
+// TestUpstreamIntermediate: the upstream CA is itself an intermediate under
+// a root given in bundle_file; SVID chains must carry it.
+func TestUpstreamIntermediate(t *testing.T) {
+	dir := t.TempDir()
+	// Build root and intermediate here so we hold both keys.
+	rootKey := newKey(t)
+	rootTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "Corp Root"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(48 * time.Hour),
+		KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true, IsCA: true}
+	rootDER, _ := x509.CreateCertificate(rand.Reader, rootTmpl, rootTmpl, rootKey.Public(), rootKey)
+	root, _ := x509.ParseCertificate(rootDER)
+	interKey := newKey(t)
+	interTmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "Corp Issuing CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true, IsCA: true}
+	interDER, _ := x509.CreateCertificate(rand.Reader, interTmpl, root, interKey.Public(), rootKey)
+	interKeyDER, _ := x509.MarshalPKCS8PrivateKey(interKey)
+	certFile, keyFile, bundleFile := filepath.Join(dir, "inter.pem"), filepath.Join(dir, "inter.key"), filepath.Join(dir, "root.pem")
+	os.WriteFile(certFile, EncodeCertificatesPEM(interDER), 0o600)
+	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: interKeyDER}), 0o600)
+	os.WriteFile(bundleFile, EncodeCertificatesPEM(rootDER), 0o600)
+
+	up, err := LoadUpstream(certFile, keyFile, bundleFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := newFixture(t, func(c *ManagerConfig) { c.Upstream = up })
+	if got := f.bundle(t).X509Authorities(); len(got) != 1 || !got[0].Equal(root) {
+		t.Fatal("bundle must hold the root only")
+	}
+	key := newKey(t)
+	issued, err := f.ca.SignX509SVID(X509SVIDParams{SPIFFEID: spiffeid.RequireFromString("spiffe://example.org/w"), PublicKey: key.Public()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(issued.Chain) != 3 {
+		t.Fatalf("chain has %d certificates, want leaf, our CA and the upstream intermediate", len(issued.Chain))
+	}
+	certs := parseChain(t, issued.Chain)
+	if _, _, err := x509svid.Verify(certs, f.bundle(t), x509svid.WithTime(f.clock.Now())); err != nil {
+		t.Fatalf("SVID does not verify to the root through the upstream intermediate: %v", err)
+	}
+}
+
+// TestSuccessorPublishedBeforeActivation: after downtime past the
+// activation point with no successor prepared, the successor is published
+// in one step and only activated in the next.
+func TestSuccessorPublishedBeforeActivation(t *testing.T) {
+	f := newFixture(t, nil)
+	first := serialOf(f)
+	start := f.clock.Now()
+	f.clock.Set(start.Add(22 * time.Hour)) // past 5/6 of 24h, nothing prepared
+	if err := f.mgr.Rotate(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if serialOf(f) != first {
+		t.Fatal("successor activated in the step that prepared it")
+	}
+	if n := len(bundleSerials(t, f)); n != 2 {
+		t.Fatalf("successor not published: bundle has %d CAs", n)
+	}
+	f.clock.Set(start.Add(22*time.Hour + 10*time.Second))
+	if err := f.mgr.Rotate(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if serialOf(f) == first {
+		t.Fatal("successor not activated on the next step")
+	}
+}
+
+// TestJournalWriteRetried: a failed journal write is retried on the next
+// step instead of being forgotten.
+func TestJournalWriteRetried(t *testing.T) {
+	f := newFixture(t, nil)
+	good := f.mgr.cfg.JournalPath
+	blocker := filepath.Join(t.TempDir(), "file")
+	os.WriteFile(blocker, nil, 0o600)
+	f.mgr.cfg.JournalPath = filepath.Join(blocker, "journal.json") // parent is a file: writes fail
+	f.clock.Set(f.clock.Now().Add(13 * time.Hour))
+	if err := f.mgr.Rotate(context.Background()); err == nil {
+		t.Fatal("journal write failure not reported")
+	}
+	f.mgr.cfg.JournalPath = good
+	if err := f.mgr.Rotate(context.Background()); err != nil { // nothing new is due; the save is
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(string(data), `"slot"`); n != 4 {
+		t.Fatalf("journal records %d slots, want 4 (2 X.509 + 2 JWT)", n)
+	}
+}

@@ -97,9 +97,11 @@ func (p *slotPair[T]) step(now time.Time, prepare func(slotID string) (*slot[T],
 		next.Status, cur, next, changed = statusActive, next, nil, true
 	}
 	if next == nil && !now.Before(PreparationTime(cur.NotBefore, cur.NotAfter)) {
-		if next, err = prepareInFree(); err != nil {
-			return changed, err
-		}
+		// A successor prepared now is published now and activated no
+		// earlier than the next step, even if activation is already due
+		// (the server was down): it is in the bundle before it signs.
+		_, err = prepareInFree()
+		return changed, err
 	}
 	if next != nil && !now.Before(ActivationTime(cur.NotBefore, cur.NotAfter)) {
 		cur.Status, next.Status, changed = statusOld, statusActive, true

@@ -63,6 +63,16 @@ func LoadUpstream(certFile, keyFile, bundleFile string) (*Upstream, error) {
 	return u, nil
 }
 
+// IsRoot reports whether c is one of the upstream bundle's roots.
+func (u *Upstream) IsRoot(c *x509.Certificate) bool {
+	for _, r := range u.Roots {
+		if r.Equal(c) {
+			return true
+		}
+	}
+	return false
+}
+
 func (u *Upstream) validate() error {
 	if !u.Cert.IsCA || u.Cert.KeyUsage&x509.KeyUsageCertSign == 0 {
 		return errors.New("upstream certificate is not a CA with keyCertSign")

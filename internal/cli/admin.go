@@ -25,7 +25,7 @@ func newTokenCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:     "token",
 		Short:   "Manage join tokens for node attestation",
-		Example: "  trustmesh token generate --ttl 10m",
+		Example: "  trustmesh token generate --ttl 10m\n  trustmesh token revoke 0123456789abcdef",
 	}
 	var conn adminConn
 	var ttl time.Duration
@@ -58,7 +58,33 @@ server keeps only a hash of its secret.`,
 	}
 	gen.Flags().DurationVar(&ttl, "ttl", 0, "how long the token may be used (default: the server's join_token_ttl, 10m)")
 	conn.register(gen, true)
-	cmd.AddCommand(gen)
+	cmd.AddCommand(gen, newTokenRevokeCmd())
+	return cmd
+}
+
+func newTokenRevokeCmd() *cobra.Command {
+	var conn adminConn
+	cmd := &cobra.Command{
+		Use:   "revoke ID",
+		Short: "Revoke an unused join token",
+		Long: `Revoke a join token that has not been used yet, e.g. one that leaked. ID is the
+token's public id: the part before the dot, as in the agent ID it would yield.`,
+		Example: "  trustmesh token revoke 0123456789abcdef",
+		Args:    exactArgs(1, "the token id"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, _, _ := strings.Cut(args[0], ".") // accept the whole token too
+			return conn.call(cmd, func(c *apiclient.Client) error {
+				if err := c.RevokeToken(cmd.Context(), id); err != nil {
+					return err
+				}
+				return conn.emit(cmd, apiv1.TokenRef{ID: id}, func(w io.Writer) error {
+					_, err := fmt.Fprintf(w, "revoked join token %s\n", id)
+					return err
+				})
+			})
+		},
+	}
+	conn.register(cmd, true)
 	return cmd
 }
 

@@ -15,10 +15,12 @@ import (
 // minimum keeps rotation tests quick without letting a typo ("1ms") make an
 // agent rotate in a hot loop.
 const (
-	MinSVIDTTL = 10 * time.Second
-	MaxSVIDTTL = 365 * 24 * time.Hour
-	maxHintLen = 1024
-	maxDNSLen  = 253
+	MinSVIDTTL   = 10 * time.Second
+	MaxSVIDTTL   = 365 * 24 * time.Hour
+	maxHintLen   = 1024
+	maxDNSLen    = 253
+	MaxSelectors = 64
+	MaxDNSNames  = 64
 )
 
 // EntrySpec is an entry as an admin writes it, before validation.
@@ -46,27 +48,19 @@ func ValidateEntry(td spiffeid.TrustDomain, spec EntrySpec, now time.Time) (stor
 		errs.add(fmt.Errorf("parent ID must differ from the SPIFFE ID %q", spec.SPIFFEID))
 	}
 	var sels []store.Selector
-	if len(spec.Selectors) == 0 {
+	switch {
+	case len(spec.Selectors) == 0:
 		errs.add(fmt.Errorf("at least one selector is required (type:value, e.g. unix:uid:1000)"))
-	} else {
+	case len(spec.Selectors) > MaxSelectors:
+		errs.add(fmt.Errorf("%d selectors: at most %d", len(spec.Selectors), MaxSelectors))
+	default:
 		sels, err = ParseSelectors(spec.Selectors)
 		errs.add(err)
 	}
 	errs.add(CheckTTL("X.509-SVID TTL", spec.X509SVIDTTL))
 	errs.add(CheckTTL("JWT-SVID TTL", spec.JWTSVIDTTL))
-	dns := make([]string, 0, len(spec.DNSNames))
-	seen := map[string]bool{}
-	for _, name := range spec.DNSNames {
-		n := strings.ToLower(strings.TrimSuffix(name, "."))
-		if err := CheckDNSName(n); err != nil {
-			errs.add(fmt.Errorf("invalid DNS name %q: %w", name, err))
-			continue
-		}
-		if !seen[n] {
-			seen[n] = true
-			dns = append(dns, n)
-		}
-	}
+	dns, err := NormalizeDNSNames(spec.DNSNames)
+	errs.add(err)
 	if len(spec.Hint) > maxHintLen {
 		errs.add(fmt.Errorf("hint is longer than %d bytes", maxHintLen))
 	}
@@ -81,9 +75,6 @@ func ValidateEntry(td spiffeid.TrustDomain, spec EntrySpec, now time.Time) (stor
 	}
 	if err := errs.err(); err != nil {
 		return store.Entry{}, err
-	}
-	if len(dns) == 0 {
-		dns = nil
 	}
 	return store.Entry{
 		SPIFFEID:    id.String(),
@@ -111,6 +102,31 @@ func CheckTTL(what string, d time.Duration) error {
 		return fmt.Errorf("%s %s is above the maximum of %s", what, d, MaxSVIDTTL)
 	}
 	return nil
+}
+
+// NormalizeDNSNames lowercases names, drops a trailing dot and duplicates,
+// and checks each (nil for an empty list).
+func NormalizeDNSNames(names []string) ([]string, error) {
+	if len(names) > MaxDNSNames {
+		return nil, fmt.Errorf("%d DNS names: at most %d", len(names), MaxDNSNames)
+	}
+	var (
+		out  []string
+		errs errList
+	)
+	seen := map[string]bool{}
+	for _, name := range names {
+		n := strings.ToLower(strings.TrimSuffix(name, "."))
+		if err := CheckDNSName(n); err != nil {
+			errs.add(fmt.Errorf("invalid DNS name %q: %w", name, err))
+			continue
+		}
+		if !seen[n] {
+			seen[n] = true
+			out = append(out, n)
+		}
+	}
+	return out, errs.err()
 }
 
 // CheckDNSName validates a lowercase DNS name as used in an X.509 SAN: LDH

@@ -43,11 +43,17 @@ func mustID(td spiffeid.TrustDomain, path string) spiffeid.ID {
 	return id
 }
 
+// MaxIDLength is the SPIFFE-ID spec's bound on a SPIFFE ID's length.
+const MaxIDLength = 2048
+
 // ParseID parses s as a SPIFFE ID that must belong to td and have a path.
 // what names the field in error messages ("SPIFFE ID", "parent ID").
 func ParseID(td spiffeid.TrustDomain, what, s string) (spiffeid.ID, error) {
 	if s == "" {
 		return spiffeid.ID{}, fmt.Errorf("%s is required", what)
+	}
+	if len(s) > MaxIDLength {
+		return spiffeid.ID{}, fmt.Errorf("invalid %s: %d bytes long, the limit is %d", what, len(s), MaxIDLength)
 	}
 	id, err := spiffeid.FromString(s)
 	if err != nil {

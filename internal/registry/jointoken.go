@@ -73,18 +73,20 @@ func ParseJoinToken(token string) (id, secret string, err error) {
 	return id, secret, nil
 }
 
-// RedeemJoinToken verifies token and consumes it. It returns the token id on
-// success. The secret is compared in constant time, and the token is only
-// deleted after the secret matched, so a wrong guess cannot burn someone
-// else's token; the delete itself decides single use across replicas.
-func RedeemJoinToken(ctx context.Context, s store.Store, token string, now time.Time) (string, error) {
+// VerifyJoinToken checks token against the store without consuming it and
+// returns its id. The secret is compared in constant time. The caller
+// consumes the token (store.AttestAgent with the id) in the same
+// transaction that records the agent, after the secret matched, so a wrong
+// guess cannot burn someone else's token and single use holds across
+// replicas.
+func VerifyJoinToken(ctx context.Context, s store.Store, token string, now time.Time) (string, error) {
 	id, secret, err := ParseJoinToken(token)
 	if err != nil {
 		return "", fmt.Errorf("%w: %v", ErrInvalidJoinToken, err)
 	}
 	rec, err := s.GetJoinToken(ctx, id)
 	if errors.Is(err, store.ErrNotFound) {
-		return "", fmt.Errorf("%w: token %s not found (never issued or already used)", ErrInvalidJoinToken, id)
+		return "", fmt.Errorf("%w: token %s not found (never issued, revoked or already used)", ErrInvalidJoinToken, id)
 	}
 	if err != nil {
 		return "", err
@@ -95,12 +97,6 @@ func RedeemJoinToken(ctx context.Context, s store.Store, token string, now time.
 	}
 	if !now.Before(rec.ExpiresAt) {
 		return "", fmt.Errorf("%w: token %s expired at %s", ErrInvalidJoinToken, id, rec.ExpiresAt.Format(time.RFC3339))
-	}
-	if err := s.DeleteJoinToken(ctx, id); err != nil {
-		if errors.Is(err, store.ErrNotFound) {
-			return "", fmt.Errorf("%w: token %s was used concurrently", ErrInvalidJoinToken, id)
-		}
-		return "", err
 	}
 	return id, nil
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -184,43 +183,32 @@ func TestJoinTokenRedemption(t *testing.T) {
 
 	// A wrong secret is refused and does not burn the token.
 	forged := id + "." + strings.Split(mustToken(t, now), ".")[1]
-	if _, err := RedeemJoinToken(ctx, s, forged, now); !errors.Is(err, ErrInvalidJoinToken) {
+	if _, err := VerifyJoinToken(ctx, s, forged, now); !errors.Is(err, ErrInvalidJoinToken) {
 		t.Fatalf("forged secret: %v", err)
 	}
 	if _, err := s.GetJoinToken(ctx, id); err != nil {
 		t.Fatalf("wrong guess burned the token: %v", err)
 	}
 	// Expired.
-	if _, err := RedeemJoinToken(ctx, s, tok, now.Add(2*time.Hour)); !errors.Is(err, ErrInvalidJoinToken) || !strings.Contains(err.Error(), "expired") {
+	if _, err := VerifyJoinToken(ctx, s, tok, now.Add(2*time.Hour)); !errors.Is(err, ErrInvalidJoinToken) || !strings.Contains(err.Error(), "expired") {
 		t.Fatalf("expired token: %v", err)
 	}
-	// Concurrent redemption: exactly one wins.
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	wins := 0
-	for i := 0; i < 6; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			got, err := RedeemJoinToken(ctx, s, tok, now)
-			mu.Lock()
-			defer mu.Unlock()
-			if err == nil {
-				wins++
-				if got != id {
-					t.Errorf("redeemed id %q, want %q", got, id)
-				}
-			} else if !errors.Is(err, ErrInvalidJoinToken) {
-				t.Errorf("redeem: %v", err)
-			}
-		}()
+	// Verification does not consume; consuming is the store's job (see the
+	// store contract's AttestConsumesJoinToken), once per token.
+	for i := 0; i < 2; i++ {
+		got, err := VerifyJoinToken(ctx, s, tok, now)
+		if err != nil || got != id {
+			t.Fatalf("verify #%d: %q, %v", i, got, err)
+		}
 	}
-	wg.Wait()
-	if wins != 1 {
-		t.Fatalf("token redeemed %d times", wins)
+	if _, err := s.AttestAgent(ctx, store.Agent{SPIFFEID: JoinTokenAgentID(td, id).String(), AttestationType: "join_token"}, id); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := VerifyJoinToken(ctx, s, tok, now); !errors.Is(err, ErrInvalidJoinToken) {
+		t.Fatalf("used token: %v", err)
 	}
 	for _, bad := range []string{"", "abc", "zzzzzzzzzzzzzzzz.abc", id + ".!!!", id} {
-		if _, err := RedeemJoinToken(ctx, s, bad, now); !errors.Is(err, ErrInvalidJoinToken) {
+		if _, err := VerifyJoinToken(ctx, s, bad, now); !errors.Is(err, ErrInvalidJoinToken) {
 			t.Errorf("malformed %q: %v", bad, err)
 		}
 	}
@@ -257,7 +245,8 @@ func TestAuthorizedEntries(t *testing.T) {
 	mk("b-db", "spiffe://example.org/db", agentB, uid, time.Time{})
 	mk("alias-zone", "spiffe://example.org/zone/eu", server, []store.Selector{{Type: "x509pop", Value: "subject:cn:node-a"}}, time.Time{})
 	mk("zone-svc", "spiffe://example.org/zone-svc", "spiffe://example.org/zone/eu", uid, time.Time{})
-	// A cycle must not loop.
+	// A cycle reachable from agent A must not loop: A -> c2 -> c1 -> c2.
+	mk("cycle-entry", "spiffe://example.org/c2", agentA, []store.Selector{{Type: "unix", Value: "uid:2"}}, time.Time{})
 	mk("cycle1", "spiffe://example.org/c1", "spiffe://example.org/c2", uid, time.Time{})
 	mk("cycle2", "spiffe://example.org/c2", "spiffe://example.org/c1", uid, time.Time{})
 
@@ -265,7 +254,7 @@ func TestAuthorizedEntries(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ids := entryIDs(got); ids != "a-nested,a-web,zone-svc" {
+	if ids := entryIDs(got); ids != "a-nested,a-web,cycle-entry,cycle1,cycle2,zone-svc" {
 		t.Fatalf("agent A authorized for %s", ids)
 	}
 	got, err = AuthorizedEntries(ctx, s, td, agentB, nil, now)
@@ -295,5 +284,23 @@ func sortStrings(s []string) {
 		for j := i; j > 0 && s[j] < s[j-1]; j-- {
 			s[j], s[j-1] = s[j-1], s[j]
 		}
+	}
+}
+
+func TestLimits(t *testing.T) {
+	long := "spiffe://example.org/" + strings.Repeat("a", MaxIDLength)
+	if _, err := ParseWorkloadID(td, long); err == nil || !strings.Contains(err.Error(), "limit is 2048") {
+		t.Fatalf("over-long ID: %v", err)
+	}
+	spec := EntrySpec{SPIFFEID: "spiffe://example.org/w", ParentID: "spiffe://example.org/p"}
+	for i := 0; i <= MaxSelectors; i++ {
+		spec.Selectors = append(spec.Selectors, "unix:uid:"+strings.Repeat("1", i+1))
+	}
+	if _, err := ValidateEntry(td, spec, time.Now()); err == nil || !strings.Contains(err.Error(), "at most 64") {
+		t.Fatalf("too many selectors: %v", err)
+	}
+	names, err := NormalizeDNSNames([]string{"API.Example.org.", "api.example.org"})
+	if err != nil || len(names) != 1 || names[0] != "api.example.org" {
+		t.Fatalf("NormalizeDNSNames = %v, %v", names, err)
 	}
 }

@@ -25,6 +25,7 @@ func (s *Server) registerAdmin(mux *http.ServeMux, auth authenticator) {
 	s.route(mux, "PATCH "+apiv1.PathEntry+"{id}", "admin", "entry.update", auth, s.updateEntry)
 	s.route(mux, "DELETE "+apiv1.PathEntry+"{id}", "admin", "entry.delete", auth, s.deleteEntry)
 	s.route(mux, "POST "+apiv1.PathTokens, "admin", "token.generate", auth, s.generateToken)
+	s.route(mux, "DELETE "+apiv1.PathToken+"{id}", "admin", "token.revoke", auth, s.revokeToken)
 	s.route(mux, "GET "+apiv1.PathAgents, "admin", "agent.list", auth, s.listAgents)
 	s.route(mux, "POST "+apiv1.PathAgentEvict, "admin", "agent.evict", auth, s.evictAgent)
 	s.route(mux, "POST "+apiv1.PathAgentBan, "admin", "agent.ban", auth, s.banAgent)
@@ -239,6 +240,15 @@ func (s *Server) generateToken(w http.ResponseWriter, r *http.Request, req *requ
 	return nil
 }
 
+func (s *Server) revokeToken(w http.ResponseWriter, r *http.Request, req *request) error {
+	req.target = r.PathValue("id")
+	if err := s.store.DeleteJoinToken(r.Context(), req.target); err != nil {
+		return storeError(err)
+	}
+	writeJSON(w, http.StatusOK, apiv1.TokenRef{ID: req.target})
+	return nil
+}
+
 func agentToAPI(a store.Agent) apiv1.Agent {
 	return apiv1.Agent{
 		SPIFFEID: a.SPIFFEID, AttestationType: a.AttestationType, Selectors: registry.FormatSelectors(a.Selectors),
@@ -310,16 +320,15 @@ func (s *Server) mintX509(w http.ResponseWriter, r *http.Request, req *request) 
 	if err != nil {
 		return err
 	}
-	for _, d := range in.DNSNames {
-		if err := registry.CheckDNSName(d); err != nil {
-			return badRequest(fmt.Errorf("invalid DNS name %q: %w", d, err))
-		}
+	dns, err := registry.NormalizeDNSNames(in.DNSNames)
+	if err != nil {
+		return badRequest(err)
 	}
 	pub, err := ca.ParseCSR(in.CSR)
 	if err != nil {
 		return badRequest(err)
 	}
-	svid, err := s.signX509(id.String(), ca.X509SVIDParams{SPIFFEID: id, PublicKey: pub, DNSNames: in.DNSNames, TTL: ttl}, "admin")
+	svid, err := s.signX509(id.String(), ca.X509SVIDParams{SPIFFEID: id, PublicKey: pub, DNSNames: dns, TTL: ttl}, "admin")
 	if err != nil {
 		return err
 	}

@@ -38,11 +38,10 @@ func (s *Server) attestAgent(w http.ResponseWriter, r *http.Request, req *reques
 	if err != nil {
 		return badRequest(err)
 	}
-	tokenID, err := registry.RedeemJoinToken(r.Context(), s.store, in.JoinToken, s.now())
+	tokenID, err := registry.VerifyJoinToken(r.Context(), s.store, in.JoinToken, s.now())
 	if err != nil {
 		if errors.Is(err, registry.ErrInvalidJoinToken) {
-			// One answer for unknown, wrong, expired and used tokens.
-			return &apiError{http.StatusForbidden, "attestation failed: " + registry.ErrInvalidJoinToken.Error(), err}
+			return errAttestation(err)
 		}
 		return internal(err)
 	}
@@ -53,10 +52,14 @@ func (s *Server) attestAgent(w http.ResponseWriter, r *http.Request, req *reques
 	if err != nil {
 		return err
 	}
+	// The token is consumed in the transaction that records the agent.
 	if _, err := s.store.AttestAgent(r.Context(), store.Agent{
 		SPIFFEID: agentID.String(), AttestationType: "join_token",
 		CertSerial: svid.Serial, CertNotAfter: svid.ExpiresAt,
-	}); err != nil {
+	}, tokenID); err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return errAttestation(fmt.Errorf("%w: token %s was used concurrently", registry.ErrInvalidJoinToken, tokenID))
+		}
 		return storeError(err)
 	}
 	bundle, err := s.bundle.Bundle().Marshal()
@@ -66,6 +69,12 @@ func (s *Server) attestAgent(w http.ResponseWriter, r *http.Request, req *reques
 	req.attrs = []slog.Attr{slog.String("attestation_type", "join_token"), slog.String("serial_number", svid.Serial)}
 	writeJSON(w, http.StatusOK, apiv1.AttestResponse{SVID: svid, Bundle: bundle})
 	return nil
+}
+
+// errAttestation is the one answer for every failed join-token
+// attestation: unknown, wrong, expired, revoked and used tokens look alike.
+func errAttestation(cause error) *apiError {
+	return &apiError{http.StatusForbidden, "attestation failed: " + registry.ErrInvalidJoinToken.Error(), cause}
 }
 
 func (s *Server) renewAgent(w http.ResponseWriter, r *http.Request, req *request) error {

@@ -91,7 +91,17 @@ func (s *Server) authAgent(r *http.Request) (caller, *apiError) {
 		return c, internal(err)
 	case a.Banned:
 		return c, &apiError{http.StatusForbidden, "agent is banned", fmt.Errorf("%s is banned", id)}
-	case a.CertSerial != c.Serial:
+	case c.Serial == a.CertSerial:
+		if a.PrevCertSerial != "" {
+			// The renewed certificate is in use: retire the previous one.
+			if err := s.store.ConfirmAgentCert(r.Context(), id.String(), c.Serial); err != nil {
+				return c, internal(err)
+			}
+		}
+	case c.Serial == a.PrevCertSerial:
+		// Renewed, but the new certificate has not been used yet (its
+		// delivery may have failed): the old one still works.
+	default:
 		return c, forbidden(fmt.Errorf("%s presented certificate %s, current is %s", id, c.Serial, a.CertSerial))
 	}
 	c.Agent = a

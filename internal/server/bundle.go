@@ -62,8 +62,12 @@ func (c *bundleCache) Refresh(ctx context.Context) error {
 	b.SetSequenceNumber(sb.Sequence)
 	b.SetRefreshHint(bundleRefreshHint)
 	c.mu.Lock()
-	c.b = b
-	c.mu.Unlock()
+	defer c.mu.Unlock()
+	// Concurrent refreshes may finish out of order: never go back to an
+	// older snapshot (every bundle change bumps the sequence).
+	if cur, ok := c.b.SequenceNumber(); !ok || sb.Sequence >= cur {
+		c.b = b
+	}
 	return nil
 }
 

@@ -45,7 +45,7 @@ type Server struct {
 	metrics *telemetry.ServerMetrics
 
 	certMu     sync.Mutex
-	serverCert atomic.Pointer[tls.Certificate]
+	serverCert atomic.Pointer[serverCert]
 
 	ready     chan struct{}
 	listen    net.Addr
@@ -75,6 +75,11 @@ func (s *Server) Run(ctx context.Context) error {
 	if err := os.MkdirAll(s.set.DataDir, 0o700); err != nil {
 		return fmt.Errorf("create data dir: %w", err)
 	}
+	unlock, err := lockDataDir(s.set.DataDir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	closeAudit, err := s.openAudit()
 	if err != nil {
 		return err
@@ -101,7 +106,7 @@ func (s *Server) Run(ctx context.Context) error {
 			j = k.NotAfter
 		}
 		return x, j
-	})
+	}, s.audit.Failures)
 	if _, err := s.currentServerCert(); err != nil {
 		return err
 	}
@@ -138,6 +143,9 @@ func (s *Server) Run(ctx context.Context) error {
 		Handler:           s.tcpHandler(),
 		TLSConfig:         identity.ServerTLSConfig(s.currentServerCert, s.bundle, s.now, s.refreshBundleOnMiss),
 		ReadHeaderTimeout: 10 * time.Second,
+		// Bounds reading a request (headers and body) so a slow client
+		// cannot hold the unauthenticated attestation endpoint open.
+		ReadTimeout: 30 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
@@ -260,15 +268,24 @@ func (s *Server) maintain(ctx context.Context) error {
 // currentServerCert returns the server's own SVID for its TLS listener,
 // re-issuing it at half-life or when the CA that signed it is no longer
 // active.
+// serverCert is the server's TLS certificate and the authority that
+// signed it.
+type serverCert struct {
+	cert   *tls.Certificate
+	issuer *ca.X509Authority
+	renew  time.Time // half-life
+}
+
 func (s *Server) currentServerCert() (*tls.Certificate, error) {
 	if c := s.serverCert.Load(); c != nil && !s.serverCertDue(c) {
-		return c, nil
+		return c.cert, nil
 	}
 	s.certMu.Lock()
 	defer s.certMu.Unlock()
 	if c := s.serverCert.Load(); c != nil && !s.serverCertDue(c) {
-		return c, nil
+		return c.cert, nil
 	}
+	issuer := s.ca.X509Authority()
 	key, err := keymanager.ECP256.Generate()
 	if err != nil {
 		return nil, err
@@ -282,19 +299,17 @@ func (s *Server) currentServerCert() (*tls.Certificate, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.serverCert.Store(cert)
+	half := cert.Leaf.NotBefore.Add(cert.Leaf.NotAfter.Sub(cert.Leaf.NotBefore) / 2)
+	s.serverCert.Store(&serverCert{cert: cert, issuer: issuer, renew: half})
 	s.metrics.SVIDsIssued.WithLabelValues("x509", "server").Inc()
 	s.audit.Record(context.Background(), audit.Event{Actor: "server", Operation: "x509svid.issue", Target: id.String(), Outcome: audit.Success,
 		Attrs: []slog.Attr{slog.String("serial_number", issued.Serial.Text(16)), slog.Time("expires_at", issued.NotAfter)}})
 	return cert, nil
 }
 
-func (s *Server) serverCertDue(c *tls.Certificate) bool {
-	now := s.now()
-	half := c.Leaf.NotBefore.Add(c.Leaf.NotAfter.Sub(c.Leaf.NotBefore) / 2)
-	a := s.ca.X509Authority()
-	issuedByActive := len(c.Certificate) > 0 && a != nil && c.Leaf.CheckSignatureFrom(a.Cert) == nil
-	return !now.Before(half) || !issuedByActive
+// serverCertDue: past half-life, or signed by an authority no longer active.
+func (s *Server) serverCertDue(c *serverCert) bool {
+	return !s.now().Before(c.renew) || c.issuer != s.ca.X509Authority()
 }
 
 // refreshBundleOnMiss is called when a client's SVID does not verify
@@ -363,8 +378,13 @@ func listenUnix(path string) (net.Listener, error) {
 		c.Close()
 		return nil, fmt.Errorf("admin socket %s is in use: is another server running on this data dir?", path)
 	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("remove stale admin socket: %w", err)
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("admin socket path %s exists and is not a socket: refusing to remove it", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("remove stale admin socket: %w", err)
+		}
 	}
 	// The socket is restricted right after creation (changing the umask
 	// instead would race with other goroutines creating files). Its

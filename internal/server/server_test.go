@@ -390,7 +390,8 @@ func TestJoinTokenSingleUseAndEvictBan(t *testing.T) {
 		t.Fatalf("agents = %+v, %v", agents, err)
 	}
 
-	// Renewal rotates the serial; the superseded SVID stops working.
+	// Renewal rotates the serial. Until the new SVID is used the old one
+	// keeps working (its answer may have been lost); then it stops.
 	k2 := newKey(t)
 	renewed, err := agent.RenewAgent(ctx, csrFor(t, k2))
 	if err != nil {
@@ -399,10 +400,16 @@ func TestJoinTokenSingleUseAndEvictBan(t *testing.T) {
 	if renewed.Serial == resp.SVID.Serial {
 		t.Fatal("renewal kept the serial")
 	}
-	if _, err := ts.tlsClient(t, resp.SVID.Chain, k).AgentEntries(ctx); !apiclient.IsStatus(err, http.StatusForbidden) {
-		t.Fatalf("superseded SVID: %v", err)
+	if _, err := ts.tlsClient(t, resp.SVID.Chain, k).AgentEntries(ctx); err != nil {
+		t.Fatalf("old SVID refused before the new one was used: %v", err)
 	}
 	agent = ts.tlsClient(t, renewed.Chain, k2)
+	if _, err := agent.AgentEntries(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ts.tlsClient(t, resp.SVID.Chain, k).AgentEntries(ctx); !apiclient.IsStatus(err, http.StatusForbidden) {
+		t.Fatalf("superseded SVID after the new one was used: %v", err)
+	}
 
 	if _, err := ts.admin.EvictAgent(ctx, tok.AgentSPIFFEID); err != nil {
 		t.Fatal(err)
@@ -565,5 +572,52 @@ func TestHAReplicasSharePostgres(t *testing.T) {
 	entries, err := a.tlsClient(t, resp.SVID.Chain, k).AgentEntries(ctx)
 	if err != nil || len(entries) != 1 || entries[0].ID != e.ID {
 		t.Fatalf("agent via A: %+v %v", entries, err)
+	}
+}
+
+func TestRevokeToken(t *testing.T) {
+	ts := startServer(t, nil)
+	ctx := ctxT(t)
+	tok, err := ts.admin.GenerateToken(ctx, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ts.admin.RevokeToken(ctx, tok.ID); err != nil {
+		t.Fatal(err)
+	}
+	k := newKey(t)
+	if _, err := ts.tlsClient(t, nil, nil).Attest(ctx, apiv1.AttestRequest{JoinToken: tok.Token, CSR: csrFor(t, k)}); !apiclient.IsStatus(err, http.StatusForbidden) {
+		t.Fatalf("revoked token: %v", err)
+	}
+	if err := ts.admin.RevokeToken(ctx, tok.ID); !apiclient.IsStatus(err, http.StatusNotFound) {
+		t.Fatalf("second revoke: %v", err)
+	}
+}
+
+// TestDataDirIsExclusive: a second server on the same data dir (even with
+// another socket and port) refuses to start.
+func TestDataDirIsExclusive(t *testing.T) {
+	ts := startServer(t, nil)
+	set, err := Config{DataDir: ts.dir, Listen: "127.0.0.1:0", AdminSocket: filepath.Join(t.TempDir(), "other.sock")}.Resolve()
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = New(set, slog.New(slog.NewTextHandler(io.Discard, nil))).Run(ctxT(t))
+	if err == nil || !strings.Contains(err.Error(), "in use by another trustmesh server") {
+		t.Fatalf("second server on the data dir: %v", err)
+	}
+}
+
+func TestAdminSocketPathNotASocket(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "admin.sock")
+	if err := os.WriteFile(path, []byte("precious"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := listenUnix(path); err == nil || !strings.Contains(err.Error(), "not a socket") {
+		t.Fatalf("listenUnix over a regular file: %v", err)
+	}
+	if data, _ := os.ReadFile(path); string(data) != "precious" {
+		t.Fatal("regular file at the socket path was removed")
 	}
 }

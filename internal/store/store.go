@@ -50,14 +50,22 @@ type Store interface {
 
 	// AttestAgent creates the agent record or, for a re-attesting agent,
 	// replaces its attestation data and certificate. A banned agent is left
-	// untouched and ErrBanned is returned.
-	AttestAgent(ctx context.Context, a Agent) (Agent, error)
+	// untouched and ErrBanned is returned. When joinTokenID is set, the
+	// token is consumed in the same transaction (ErrNotFound if it is gone),
+	// so a token is never spent without an agent to show for it.
+	AttestAgent(ctx context.Context, a Agent, joinTokenID string) (Agent, error)
 	GetAgent(ctx context.Context, spiffeID string) (Agent, error)
 	ListAgents(ctx context.Context) ([]Agent, error)
-	// RenewAgentCert swaps the agent's current certificate serial from
-	// oldSerial to newSerial. ErrConflict if the serial changed, ErrBanned
-	// if banned, ErrNotFound if evicted.
-	RenewAgentCert(ctx context.Context, spiffeID, oldSerial, newSerial string, notAfter time.Time) error
+	// RenewAgentCert records newSerial as the agent's current certificate.
+	// presentedSerial, the certificate the agent renewed with, must be its
+	// current or still-pending previous one (ErrConflict otherwise); it
+	// stays valid until the new certificate is first used (see
+	// ConfirmAgentCert), so a lost renewal answer cannot lock the agent
+	// out. ErrBanned if banned, ErrNotFound if evicted.
+	RenewAgentCert(ctx context.Context, spiffeID, presentedSerial, newSerial string, notAfter time.Time) error
+	// ConfirmAgentCert retires the previous certificate once the agent has
+	// presented its current one (serial).
+	ConfirmAgentCert(ctx context.Context, spiffeID, serial string) error
 	// BanAgent marks the agent banned and clears its certificate.
 	BanAgent(ctx context.Context, spiffeID string) (Agent, error)
 	// DeleteAgent evicts the agent: it must attest again.
@@ -124,10 +132,13 @@ type Agent struct {
 	AttestationType string
 	Selectors       []Selector
 	CertSerial      string // hex serial of the agent's current SVID; empty when banned
-	CertNotAfter    time.Time
-	Banned          bool
-	CreatedAt       time.Time
-	UpdatedAt       time.Time
+	// PrevCertSerial is the certificate the agent renewed with, valid
+	// until CertSerial is first presented; empty otherwise.
+	PrevCertSerial string
+	CertNotAfter   time.Time
+	Banned         bool
+	CreatedAt      time.Time
+	UpdatedAt      time.Time
 }
 
 // X509Authority is a CA certificate published in the trust bundle.

@@ -24,8 +24,9 @@ type ServerMetrics struct {
 }
 
 // NewServerMetrics registers the metrics. caExpiry reports the active X.509
-// CA's and JWT key's expiry (zero time when none).
-func NewServerMetrics(caExpiry func() (x509NotAfter, jwtNotAfter time.Time)) *ServerMetrics {
+// CA's and JWT key's expiry (zero time when none); auditFailures the number
+// of audit records that could not be written.
+func NewServerMetrics(caExpiry func() (x509NotAfter, jwtNotAfter time.Time), auditFailures func() uint64) *ServerMetrics {
 	r := prometheus.NewRegistry()
 	m := &ServerMetrics{
 		Registry: r,
@@ -45,6 +46,10 @@ func NewServerMetrics(caExpiry func() (x509NotAfter, jwtNotAfter time.Time)) *Se
 	}
 	r.MustRegister(m.SVIDsIssued, m.APILatency, m.Denials,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	r.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "trustmesh_audit_write_failures_total",
+		Help: "Audit records that could not be written.",
+	}, func() float64 { return float64(auditFailures()) }))
 	for _, kind := range []string{"x509", "jwt"} {
 		kind := kind
 		r.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{

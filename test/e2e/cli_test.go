@@ -58,6 +58,13 @@ func TestQuickStart(t *testing.T) {
 		}
 	}
 	agentID := "spiffe://example.org/trustmesh/agent/join_token/" + id
+	spare := strings.TrimSpace(mustRun(t, with("token", "generate")...))
+	if out := mustRun(t, with("token", "revoke", spare)...); !strings.Contains(out, "revoked join token") {
+		t.Fatalf("token revoke: %s", out)
+	}
+	if _, errOut, code := run(t, with("token", "revoke", spare)...); code != 1 || !strings.Contains(errOut, "not found") {
+		t.Fatalf("second revoke: exit %d %s", code, errOut)
+	}
 
 	// Entries: create prints the id; list/show/update/delete.
 	entryID := strings.TrimSpace(mustRun(t, with("entry", "create", "--spiffe-id", "spiffe://example.org/ns/default/sa/api",

@@ -10,31 +10,47 @@ import (
 	"github.com/trustmesh/trustmesh/internal/store"
 )
 
-const agentColumns = `spiffe_id, attestation_type, selectors, cert_serial, cert_not_after, banned, created_at, updated_at`
+const agentColumns = `spiffe_id, attestation_type, selectors, cert_serial, cert_not_after, banned, created_at, updated_at, prev_cert_serial`
 
 // AttestAgent implements store.Store. The upsert's WHERE clause keeps a
 // banned row untouched even if the ban lands between our read and write.
-func (s *Store) AttestAgent(ctx context.Context, a store.Agent) (store.Agent, error) {
+func (s *Store) AttestAgent(ctx context.Context, a store.Agent, joinTokenID string) (store.Agent, error) {
 	now := time.Now().UTC().Truncate(time.Microsecond)
 	a.Selectors = sortedSelectors(a.Selectors)
-	res, err := s.exec(ctx, s.db, `INSERT INTO agents (`+agentColumns+`)
-		VALUES (?, ?, ?, ?, ?, FALSE, ?, ?)
-		ON CONFLICT (spiffe_id) DO UPDATE SET
-			attestation_type = excluded.attestation_type,
-			selectors = excluded.selectors,
-			cert_serial = excluded.cert_serial,
-			cert_not_after = excluded.cert_not_after,
-			updated_at = excluded.updated_at
-		WHERE agents.banned = FALSE`,
-		a.SPIFFEID, a.AttestationType, encodeSelectors(a.Selectors), a.CertSerial,
-		toMicros(a.CertNotAfter), toMicros(now), toMicros(now))
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		if joinTokenID != "" {
+			res, err := s.exec(ctx, tx, `DELETE FROM join_tokens WHERE id = ?`, joinTokenID)
+			if err != nil {
+				return fmt.Errorf("consume join token: %w", err)
+			}
+			if n, _ := res.RowsAffected(); n != 1 {
+				return fmt.Errorf("join token %q: %w", joinTokenID, store.ErrNotFound)
+			}
+		}
+		res, err := s.exec(ctx, tx, `INSERT INTO agents (`+agentColumns+`)
+			VALUES (?, ?, ?, ?, ?, FALSE, ?, ?, '')
+			ON CONFLICT (spiffe_id) DO UPDATE SET
+				attestation_type = excluded.attestation_type,
+				selectors = excluded.selectors,
+				cert_serial = excluded.cert_serial,
+				cert_not_after = excluded.cert_not_after,
+				prev_cert_serial = '',
+				updated_at = excluded.updated_at
+			WHERE agents.banned = FALSE`,
+			a.SPIFFEID, a.AttestationType, encodeSelectors(a.Selectors), a.CertSerial,
+			toMicros(a.CertNotAfter), toMicros(now), toMicros(now))
+		if err != nil {
+			return fmt.Errorf("upsert agent: %w", err)
+		}
+		if n, err := res.RowsAffected(); err != nil {
+			return fmt.Errorf("upsert agent: %w", err)
+		} else if n == 0 {
+			return fmt.Errorf("agent %q: %w", a.SPIFFEID, store.ErrBanned)
+		}
+		return nil
+	})
 	if err != nil {
-		return store.Agent{}, fmt.Errorf("upsert agent: %w", err)
-	}
-	if n, err := res.RowsAffected(); err != nil {
-		return store.Agent{}, fmt.Errorf("upsert agent: %w", err)
-	} else if n == 0 {
-		return store.Agent{}, fmt.Errorf("agent %q: %w", a.SPIFFEID, store.ErrBanned)
+		return store.Agent{}, err
 	}
 	return s.GetAgent(ctx, a.SPIFFEID)
 }
@@ -69,21 +85,28 @@ func (s *Store) ListAgents(ctx context.Context) ([]store.Agent, error) {
 }
 
 // RenewAgentCert implements store.Store.
-func (s *Store) RenewAgentCert(ctx context.Context, spiffeID, oldSerial, newSerial string, notAfter time.Time) error {
+func (s *Store) RenewAgentCert(ctx context.Context, spiffeID, presentedSerial, newSerial string, notAfter time.Time) error {
 	return s.inTx(ctx, func(tx *sql.Tx) error {
 		cur, err := s.getAgent(ctx, tx, spiffeID)
 		if err != nil {
 			return err
 		}
+		// The certificate the agent is known to hold stays valid: the one it
+		// renewed with if that was current, else the still-pending previous.
+		keep := cur.PrevCertSerial
 		switch {
 		case cur.Banned:
 			return fmt.Errorf("agent %q: %w", spiffeID, store.ErrBanned)
-		case cur.CertSerial != oldSerial:
+		case presentedSerial == "":
+			return fmt.Errorf("agent %q: no certificate presented: %w", spiffeID, store.ErrConflict)
+		case presentedSerial == cur.CertSerial:
+			keep = presentedSerial
+		case presentedSerial != cur.PrevCertSerial:
 			return fmt.Errorf("agent %q presented a superseded certificate: %w", spiffeID, store.ErrConflict)
 		}
-		res, err := s.exec(ctx, tx, `UPDATE agents SET cert_serial = ?, cert_not_after = ?, updated_at = ?
+		res, err := s.exec(ctx, tx, `UPDATE agents SET cert_serial = ?, prev_cert_serial = ?, cert_not_after = ?, updated_at = ?
 			WHERE spiffe_id = ? AND cert_serial = ? AND banned = FALSE`,
-			newSerial, toMicros(notAfter), toMicros(time.Now()), spiffeID, oldSerial)
+			newSerial, keep, toMicros(notAfter), toMicros(time.Now()), spiffeID, cur.CertSerial)
 		if err != nil {
 			return fmt.Errorf("renew agent: %w", err)
 		}
@@ -94,9 +117,19 @@ func (s *Store) RenewAgentCert(ctx context.Context, spiffeID, oldSerial, newSeri
 	})
 }
 
+// ConfirmAgentCert implements store.Store.
+func (s *Store) ConfirmAgentCert(ctx context.Context, spiffeID, serial string) error {
+	_, err := s.exec(ctx, s.db, `UPDATE agents SET prev_cert_serial = '' WHERE spiffe_id = ? AND cert_serial = ? AND prev_cert_serial <> ''`,
+		spiffeID, serial)
+	if err != nil {
+		return fmt.Errorf("confirm agent certificate: %w", err)
+	}
+	return nil
+}
+
 // BanAgent implements store.Store.
 func (s *Store) BanAgent(ctx context.Context, spiffeID string) (store.Agent, error) {
-	res, err := s.exec(ctx, s.db, `UPDATE agents SET banned = TRUE, cert_serial = '', updated_at = ? WHERE spiffe_id = ?`,
+	res, err := s.exec(ctx, s.db, `UPDATE agents SET banned = TRUE, cert_serial = '', prev_cert_serial = '', updated_at = ? WHERE spiffe_id = ?`,
 		toMicros(time.Now()), spiffeID)
 	if err != nil {
 		return store.Agent{}, fmt.Errorf("ban agent: %w", err)
@@ -134,7 +167,7 @@ func scanAgents(rows *sql.Rows) ([]store.Agent, error) {
 			notAfter, createdAt, updatedAt int64
 		)
 		if err := rows.Scan(&a.SPIFFEID, &a.AttestationType, &selectors, &a.CertSerial, &notAfter,
-			&a.Banned, &createdAt, &updatedAt); err != nil {
+			&a.Banned, &createdAt, &updatedAt, &a.PrevCertSerial); err != nil {
 			return nil, fmt.Errorf("scan agent: %w", err)
 		}
 		var err error

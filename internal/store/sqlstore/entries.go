@@ -58,9 +58,36 @@ func (s *Store) getEntry(ctx context.Context, q querier, id string) (store.Entry
 	return entries[0], nil
 }
 
+// maxParentsPerQuery keeps the IN (...) list well below PostgreSQL's bind
+// parameter limit; larger parent sets are queried in chunks.
+const maxParentsPerQuery = 500
+
 // ListEntries implements store.Store. Entries come ordered by SPIFFE ID,
 // then ID, so listings are stable.
 func (s *Store) ListEntries(ctx context.Context, f store.EntryFilter) ([]store.Entry, error) {
+	if len(f.ParentIDs) <= maxParentsPerQuery {
+		return s.listEntries(ctx, f)
+	}
+	var out []store.Entry
+	for start := 0; start < len(f.ParentIDs); start += maxParentsPerQuery {
+		chunk := f
+		chunk.ParentIDs = f.ParentIDs[start:min(start+maxParentsPerQuery, len(f.ParentIDs))]
+		es, err := s.listEntries(ctx, chunk)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, es...)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].SPIFFEID != out[j].SPIFFEID {
+			return out[i].SPIFFEID < out[j].SPIFFEID
+		}
+		return out[i].ID < out[j].ID
+	})
+	return out, nil
+}
+
+func (s *Store) listEntries(ctx context.Context, f store.EntryFilter) ([]store.Entry, error) {
 	var (
 		where []string
 		args  []any

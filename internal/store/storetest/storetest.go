@@ -34,7 +34,9 @@ func Run(t *testing.T, newStore NewStore) {
 		{"JoinTokenPrune", testJoinTokenPrune},
 		{"AgentLifecycle", testAgentLifecycle},
 		{"AgentBanIsSticky", testAgentBanIsSticky},
-		{"AgentRenewCompareAndSwap", testAgentRenew},
+		{"AgentRenewKeepsPendingCertificate", testAgentRenew},
+		{"AttestConsumesJoinToken", testAttestConsumesJoinToken},
+		{"ListManyParents", testListManyParents},
 		{"BundleAuthorities", testBundleAuthorities},
 	}
 	for _, tc := range tests {
@@ -374,7 +376,7 @@ func testAgentLifecycle(t *testing.T, s store.Store) {
 	id := "spiffe://example.org/trustmesh/agent/join_token/t1"
 	notAfter := time.Now().Add(time.Hour).Truncate(time.Microsecond).UTC()
 	a, err := s.AttestAgent(ctx(t), store.Agent{SPIFFEID: id, AttestationType: "join_token",
-		Selectors: []store.Selector{{Type: "join_token", Value: "t1"}}, CertSerial: "01", CertNotAfter: notAfter})
+		Selectors: []store.Selector{{Type: "join_token", Value: "t1"}}, CertSerial: "01", CertNotAfter: notAfter}, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -382,7 +384,7 @@ func testAgentLifecycle(t *testing.T, s store.Store) {
 		t.Fatalf("attested agent: %+v", a)
 	}
 	// Re-attestation replaces the certificate, keeps created_at.
-	again, err := s.AttestAgent(ctx(t), store.Agent{SPIFFEID: id, AttestationType: "join_token", CertSerial: "02", CertNotAfter: notAfter})
+	again, err := s.AttestAgent(ctx(t), store.Agent{SPIFFEID: id, AttestationType: "join_token", CertSerial: "02", CertNotAfter: notAfter}, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -403,7 +405,7 @@ func testAgentLifecycle(t *testing.T, s store.Store) {
 		t.Fatalf("second evict: %v", err)
 	}
 	// Evicted agents may attest again.
-	if _, err := s.AttestAgent(ctx(t), store.Agent{SPIFFEID: id, AttestationType: "join_token", CertSerial: "03"}); err != nil {
+	if _, err := s.AttestAgent(ctx(t), store.Agent{SPIFFEID: id, AttestationType: "join_token", CertSerial: "03"}, ""); err != nil {
 		t.Fatalf("re-attest after evict: %v", err)
 	}
 }
@@ -413,7 +415,7 @@ func testAgentBanIsSticky(t *testing.T, s store.Store) {
 	if _, err := s.BanAgent(ctx(t), id); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("ban unknown agent: %v", err)
 	}
-	if _, err := s.AttestAgent(ctx(t), store.Agent{SPIFFEID: id, AttestationType: "x509pop", CertSerial: "01"}); err != nil {
+	if _, err := s.AttestAgent(ctx(t), store.Agent{SPIFFEID: id, AttestationType: "x509pop", CertSerial: "01"}, ""); err != nil {
 		t.Fatal(err)
 	}
 	banned, err := s.BanAgent(ctx(t), id)
@@ -423,7 +425,7 @@ func testAgentBanIsSticky(t *testing.T, s store.Store) {
 	if !banned.Banned || banned.CertSerial != "" {
 		t.Fatalf("banned agent: %+v", banned)
 	}
-	if _, err := s.AttestAgent(ctx(t), store.Agent{SPIFFEID: id, AttestationType: "x509pop", CertSerial: "02"}); !errors.Is(err, store.ErrBanned) {
+	if _, err := s.AttestAgent(ctx(t), store.Agent{SPIFFEID: id, AttestationType: "x509pop", CertSerial: "02"}, ""); !errors.Is(err, store.ErrBanned) {
 		t.Fatalf("banned agent re-attest: %v", err)
 	}
 	got, _ := s.GetAgent(ctx(t), id)
@@ -437,28 +439,95 @@ func testAgentBanIsSticky(t *testing.T, s store.Store) {
 	if _, err := s.DeleteAgent(ctx(t), id); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.AttestAgent(ctx(t), store.Agent{SPIFFEID: id, AttestationType: "x509pop", CertSerial: "04"}); err != nil {
+	if _, err := s.AttestAgent(ctx(t), store.Agent{SPIFFEID: id, AttestationType: "x509pop", CertSerial: "04"}, ""); err != nil {
 		t.Fatalf("attest after unban: %v", err)
 	}
 }
 
 func testAgentRenew(t *testing.T, s store.Store) {
 	id := "spiffe://example.org/trustmesh/agent/join_token/r"
-	if _, err := s.AttestAgent(ctx(t), store.Agent{SPIFFEID: id, AttestationType: "join_token", CertSerial: "01"}); err != nil {
+	if _, err := s.AttestAgent(ctx(t), store.Agent{SPIFFEID: id, AttestationType: "join_token", CertSerial: "01"}, ""); err != nil {
 		t.Fatal(err)
+	}
+	serials := func() (string, string) {
+		a, err := s.GetAgent(ctx(t), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a.CertSerial, a.PrevCertSerial
 	}
 	if err := s.RenewAgentCert(ctx(t), id, "01", "02", time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.RenewAgentCert(ctx(t), id, "01", "03", time.Now()); !errors.Is(err, store.ErrConflict) {
-		t.Fatalf("renew with superseded serial: %v", err)
+	if cur, prev := serials(); cur != "02" || prev != "01" {
+		t.Fatalf("after renewal: current %q previous %q, want 02 and 01", cur, prev)
+	}
+	// The answer was lost: the agent renews again with 01, still valid.
+	if err := s.RenewAgentCert(ctx(t), id, "01", "03", time.Now()); err != nil {
+		t.Fatalf("renew with the pending previous certificate: %v", err)
+	}
+	if cur, prev := serials(); cur != "03" || prev != "01" {
+		t.Fatalf("after retried renewal: current %q previous %q, want 03 and 01", cur, prev)
+	}
+	// 02 was never delivered: it is neither current nor previous.
+	if err := s.RenewAgentCert(ctx(t), id, "02", "04", time.Now()); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("renew with a superseded serial: %v", err)
+	}
+	// The agent uses 03: 01 is retired.
+	if err := s.ConfirmAgentCert(ctx(t), id, "03"); err != nil {
+		t.Fatal(err)
+	}
+	if cur, prev := serials(); cur != "03" || prev != "" {
+		t.Fatalf("after confirmation: current %q previous %q", cur, prev)
+	}
+	if err := s.RenewAgentCert(ctx(t), id, "01", "05", time.Now()); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("renew with a retired serial: %v", err)
 	}
 	if err := s.RenewAgentCert(ctx(t), "spiffe://example.org/nobody", "01", "02", time.Now()); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("renew unknown: %v", err)
 	}
-	got, _ := s.GetAgent(ctx(t), id)
-	if got.CertSerial != "02" {
-		t.Fatalf("serial = %q, want 02", got.CertSerial)
+}
+
+// testAttestConsumesJoinToken: the token and the agent record change
+// together; a token already gone means no agent.
+func testAttestConsumesJoinToken(t *testing.T, s store.Store) {
+	if err := s.CreateJoinToken(ctx(t), store.JoinToken{ID: "tok", SecretHash: []byte{1}, ExpiresAt: time.Now().Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	a := store.Agent{SPIFFEID: "spiffe://example.org/trustmesh/agent/join_token/tok", AttestationType: "join_token", CertSerial: "01"}
+	if _, err := s.AttestAgent(ctx(t), a, "tok"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.GetJoinToken(ctx(t), "tok"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("token survived attestation: %v", err)
+	}
+	b := a
+	b.SPIFFEID = "spiffe://example.org/trustmesh/agent/join_token/other"
+	if _, err := s.AttestAgent(ctx(t), b, "tok"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("attest with a used token: %v", err)
+	}
+	if _, err := s.GetAgent(ctx(t), b.SPIFFEID); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("agent recorded without a token: %v", err)
+	}
+}
+
+// testListManyParents: parent sets larger than one query's bind limit.
+func testListManyParents(t *testing.T, s store.Store) {
+	var parents []string
+	for i := 0; i < 1200; i++ {
+		parents = append(parents, fmt.Sprintf("spiffe://example.org/p/%d", i))
+	}
+	for _, i := range []int{3, 700, 1199} {
+		e := sampleEntry(fmt.Sprint("e", i))
+		e.ParentID = parents[i]
+		mustCreate(t, s, e)
+	}
+	got, err := s.ListEntries(ctx(t), store.EntryFilter{ParentIDs: parents})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ids(got) != "[e1199 e3 e700]" {
+		t.Fatalf("entries under 1200 parents = %s", ids(got))
 	}
 }
 
