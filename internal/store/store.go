@@ -82,6 +82,11 @@ type Store interface {
 	// PruneBundle removes authorities and keys that expired before t.
 	PruneBundle(ctx context.Context, expiredBefore time.Time) (int64, error)
 
+	// Revisions returns the registry revision, which increases with every
+	// change to entries or agent records, and the bundle sequence number.
+	// Watchers poll it to learn that something changed.
+	Revisions(ctx context.Context) (registry int64, bundle uint64, err error)
+
 	Close() error
 }
 

@@ -47,7 +47,7 @@ func (s *Store) AttestAgent(ctx context.Context, a store.Agent, joinTokenID stri
 		} else if n == 0 {
 			return fmt.Errorf("agent %q: %w", a.SPIFFEID, store.ErrBanned)
 		}
-		return nil
+		return s.bumpRevision(ctx, tx) // its selectors may match other node aliases now
 	})
 	if err != nil {
 		return store.Agent{}, err
@@ -129,13 +129,19 @@ func (s *Store) ConfirmAgentCert(ctx context.Context, spiffeID, serial string) e
 
 // BanAgent implements store.Store.
 func (s *Store) BanAgent(ctx context.Context, spiffeID string) (store.Agent, error) {
-	res, err := s.exec(ctx, s.db, `UPDATE agents SET banned = TRUE, cert_serial = '', prev_cert_serial = '', updated_at = ? WHERE spiffe_id = ?`,
-		toMicros(time.Now()), spiffeID)
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		res, err := s.exec(ctx, tx, `UPDATE agents SET banned = TRUE, cert_serial = '', prev_cert_serial = '', updated_at = ? WHERE spiffe_id = ?`,
+			toMicros(time.Now()), spiffeID)
+		if err != nil {
+			return fmt.Errorf("ban agent: %w", err)
+		}
+		if n, _ := res.RowsAffected(); n != 1 {
+			return fmt.Errorf("agent %q: %w", spiffeID, store.ErrNotFound)
+		}
+		return s.bumpRevision(ctx, tx)
+	})
 	if err != nil {
-		return store.Agent{}, fmt.Errorf("ban agent: %w", err)
-	}
-	if n, _ := res.RowsAffected(); n != 1 {
-		return store.Agent{}, fmt.Errorf("agent %q: %w", spiffeID, store.ErrNotFound)
+		return store.Agent{}, err
 	}
 	return s.GetAgent(ctx, spiffeID)
 }
@@ -152,7 +158,7 @@ func (s *Store) DeleteAgent(ctx context.Context, spiffeID string) (store.Agent, 
 			return fmt.Errorf("delete agent: %w", err)
 		}
 		out = cur
-		return nil
+		return s.bumpRevision(ctx, tx)
 	})
 	return out, err
 }

@@ -136,3 +136,20 @@ func (s *Store) bumpSequence(ctx context.Context, tx *sql.Tx) error {
 	}
 	return nil
 }
+
+// Revisions implements store.Store.
+func (s *Store) Revisions(ctx context.Context) (int64, uint64, error) {
+	var reg, seq int64
+	err := s.queryRow(ctx, s.db, `SELECT r.revision, b.sequence FROM registry_meta r, bundle_meta b WHERE r.id = 1 AND b.id = 1`).Scan(&reg, &seq)
+	if err != nil {
+		return 0, 0, fmt.Errorf("read revisions: %w", err)
+	}
+	return reg, uint64(seq), nil
+}
+
+func (s *Store) bumpRevision(ctx context.Context, tx *sql.Tx) error {
+	if _, err := s.exec(ctx, tx, `UPDATE registry_meta SET revision = revision + 1 WHERE id = 1`); err != nil {
+		return fmt.Errorf("bump registry revision: %w", err)
+	}
+	return nil
+}

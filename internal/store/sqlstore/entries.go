@@ -23,17 +23,23 @@ func (s *Store) CreateEntry(ctx context.Context, e store.Entry) (store.Entry, er
 	now := time.Now().UTC().Truncate(time.Microsecond)
 	e.CreatedAt, e.UpdatedAt, e.Revision = now, now, 1
 	e.Selectors = sortedSelectors(e.Selectors)
-	_, err := s.exec(ctx, s.db, `INSERT INTO entries (`+entryColumns+`, unique_key)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-		e.ID, e.SPIFFEID, e.ParentID, encodeSelectors(e.Selectors),
-		e.X509SVIDTTL.Milliseconds(), e.JWTSVIDTTL.Milliseconds(),
-		encodeStrings(e.DNSNames), e.Admin, e.Hint, toMicros(e.ExpiresAt),
-		toMicros(e.CreatedAt), toMicros(e.UpdatedAt), e.Revision, entryUniqueKey(e))
-	if err != nil {
-		if isUniqueViolation(err) {
-			return store.Entry{}, fmt.Errorf("entry with the same SPIFFE ID, parent ID and selectors: %w", store.ErrAlreadyExists)
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		_, err := s.exec(ctx, tx, `INSERT INTO entries (`+entryColumns+`, unique_key)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			e.ID, e.SPIFFEID, e.ParentID, encodeSelectors(e.Selectors),
+			e.X509SVIDTTL.Milliseconds(), e.JWTSVIDTTL.Milliseconds(),
+			encodeStrings(e.DNSNames), e.Admin, e.Hint, toMicros(e.ExpiresAt),
+			toMicros(e.CreatedAt), toMicros(e.UpdatedAt), e.Revision, entryUniqueKey(e))
+		if err != nil {
+			if isUniqueViolation(err) {
+				return fmt.Errorf("entry with the same SPIFFE ID, parent ID and selectors: %w", store.ErrAlreadyExists)
+			}
+			return fmt.Errorf("insert entry: %w", err)
 		}
-		return store.Entry{}, fmt.Errorf("insert entry: %w", err)
+		return s.bumpRevision(ctx, tx)
+	})
+	if err != nil {
+		return store.Entry{}, err
 	}
 	return e, nil
 }
@@ -147,7 +153,7 @@ func (s *Store) UpdateEntry(ctx context.Context, e store.Entry) (store.Entry, er
 			return fmt.Errorf("entry %q changed concurrently: %w", e.ID, store.ErrConflict)
 		}
 		out = e
-		return nil
+		return s.bumpRevision(ctx, tx)
 	})
 	return out, err
 }
@@ -168,7 +174,7 @@ func (s *Store) DeleteEntry(ctx context.Context, id string) (store.Entry, error)
 			return fmt.Errorf("entry %q: %w", id, store.ErrNotFound)
 		}
 		out = cur
-		return nil
+		return s.bumpRevision(ctx, tx)
 	})
 	return out, err
 }

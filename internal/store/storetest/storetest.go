@@ -38,6 +38,7 @@ func Run(t *testing.T, newStore NewStore) {
 		{"AttestConsumesJoinToken", testAttestConsumesJoinToken},
 		{"ListManyParents", testListManyParents},
 		{"BundleAuthorities", testBundleAuthorities},
+		{"RevisionsTrackChanges", testRevisions},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -584,5 +585,55 @@ func testBundleAuthorities(t *testing.T, s store.Store) {
 	}
 	if n, _ := s.PruneBundle(ctx(t), now); n != 0 {
 		t.Fatalf("second prune removed %d", n)
+	}
+}
+
+// testRevisions: every change an agent's authorization depends on bumps the
+// registry revision; reads do not; bundle changes bump the bundle sequence.
+func testRevisions(t *testing.T, s store.Store) {
+	rev := func() (int64, uint64) {
+		t.Helper()
+		r, b, err := s.Revisions(ctx(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r, b
+	}
+	r0, b0 := rev()
+	step := func(what string, change func() error) {
+		t.Helper()
+		before, _ := rev()
+		if err := change(); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		if after, _ := rev(); after <= before {
+			t.Fatalf("%s did not bump the registry revision (%d -> %d)", what, before, after)
+		}
+	}
+	e := sampleEntry("e1")
+	step("create entry", func() error { _, err := s.CreateEntry(ctx(t), e); return err })
+	step("update entry", func() error { _, err := s.UpdateEntry(ctx(t), e); return err })
+	step("delete entry", func() error { _, err := s.DeleteEntry(ctx(t), "e1"); return err })
+	id := "spiffe://example.org/trustmesh/agent/x509pop/rev"
+	step("attest agent", func() error { _, err := s.AttestAgent(ctx(t), store.Agent{SPIFFEID: id, AttestationType: "x509pop"}, ""); return err })
+	step("ban agent", func() error { _, err := s.BanAgent(ctx(t), id); return err })
+	step("evict agent", func() error { _, err := s.DeleteAgent(ctx(t), id); return err })
+	before, _ := rev()
+	_, _ = s.ListEntries(ctx(t), store.EntryFilter{})
+	_, _ = s.ListAgents(ctx(t))
+	if _, err := s.CreateEntry(ctx(t), e); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.CreateEntry(ctx(t), e); err == nil {
+		t.Fatal("duplicate accepted")
+	}
+	if after, _ := rev(); after != before+1 {
+		t.Fatalf("reads or a failed create changed the revision: %d -> %d", before, after)
+	}
+	if err := s.AddJWTKey(ctx(t), store.JWTKey{KeyID: "k", PublicKeyDER: []byte{1}, NotAfter: time.Now().Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	if r, b := rev(); b <= b0 || r < r0 {
+		t.Fatalf("bundle change: sequence %d -> %d", b0, b)
 	}
 }
