@@ -7,7 +7,10 @@
 // JSON. Errors come back as {"error": "..."} with a meaningful status code.
 package v1
 
-import "time"
+import (
+	"encoding/json"
+	"time"
+)
 
 // Paths. Admin paths are under /v1/admin, agent paths under /v1/agent.
 const (
@@ -27,6 +30,7 @@ const (
 	PathAgentEntries  = "/v1/agent/entries"
 	PathAgentX509SVID = "/v1/agent/x509svids"
 	PathAgentJWTSVID  = "/v1/agent/jwtsvid"
+	PathAgentWatch    = "/v1/agent/watch" // GET: NDJSON stream of WatchEvent
 )
 
 // Error is the body of every non-2xx response.
@@ -165,10 +169,19 @@ type JWTSVID struct {
 }
 
 // AttestRequest is a node agent's first contact: proof of identity (a join
-// token) and a CSR for its own SVID.
+// token or an x509pop proof) and a CSR for its own SVID.
 type AttestRequest struct {
-	JoinToken string `json:"join_token,omitempty"`
-	CSR       []byte `json:"csr"`
+	JoinToken string        `json:"join_token,omitempty"`
+	X509PoP   *X509PoPProof `json:"x509pop,omitempty"`
+	CSR       []byte        `json:"csr"`
+}
+
+// X509PoPProof is x509pop node attestation: the agent's certificate chain
+// (leaf first, DER) and its signature over the TLS exporter value of the
+// connection the request travels on (see internal/attest).
+type X509PoPProof struct {
+	Chain     [][]byte `json:"chain"`
+	Signature []byte   `json:"signature"`
 }
 
 // AttestResponse returns the agent's SVID and the trust bundle.
@@ -209,4 +222,23 @@ type X509SVIDBatchResponse struct {
 type AgentJWTRequest struct {
 	EntryID  string   `json:"entry_id"`
 	Audience []string `json:"audience"`
+}
+
+// Watch event kinds.
+const (
+	WatchState     = "state"     // the agent's full authorized state
+	WatchHeartbeat = "heartbeat" // nothing changed; the stream is alive
+	WatchError     = "error"     // the stream ends: Error says why
+)
+
+// WatchEvent is one line of the agent watch stream. A "state" event
+// carries everything the agent needs: its authorized entries and the trust
+// bundle; it is sent when the stream opens and whenever either changes.
+type WatchEvent struct {
+	Kind           string          `json:"kind"`
+	Revision       int64           `json:"revision,omitempty"`
+	BundleSequence uint64          `json:"bundle_sequence,omitempty"`
+	Entries        []Entry         `json:"entries,omitempty"`
+	Bundle         json.RawMessage `json:"bundle,omitempty"` // SPIFFE bundle (JWKS)
+	Error          string          `json:"error,omitempty"`
 }

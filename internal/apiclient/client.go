@@ -258,3 +258,52 @@ func IsStatus(err error, status int) bool {
 	var e *Error
 	return errors.As(err, &e) && e.Status == status
 }
+
+// Watch opens the agent watch stream. Next returns events until the stream
+// ends (io.EOF) or fails; Close ends it.
+func (c *Client) Watch(ctx context.Context) (*WatchStream, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+apiv1.PathAgentWatch, nil)
+	if err != nil {
+		return nil, err
+	}
+	// The stream is long-lived: the client's overall timeout must not apply.
+	hc := *c.http
+	hc.Timeout = 0
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, unwrapDialError(err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		defer resp.Body.Close()
+		data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		var e apiv1.Error
+		if json.Unmarshal(data, &e) != nil || e.Error == "" {
+			e.Error = "server answered " + resp.Status
+		}
+		return nil, &Error{Status: resp.StatusCode, Message: e.Error}
+	}
+	dec := json.NewDecoder(resp.Body)
+	return &WatchStream{body: resp.Body, dec: dec}, nil
+}
+
+// WatchStream reads watch events.
+type WatchStream struct {
+	body io.ReadCloser
+	dec  *json.Decoder
+}
+
+// Next returns the next event. An "error" event is returned as an *Error
+// with status 403 (the server ended the stream on an authorization check).
+func (w *WatchStream) Next() (apiv1.WatchEvent, error) {
+	var ev apiv1.WatchEvent
+	if err := w.dec.Decode(&ev); err != nil {
+		return ev, err
+	}
+	if ev.Kind == apiv1.WatchError {
+		return ev, &Error{Status: http.StatusForbidden, Message: ev.Error}
+	}
+	return ev, nil
+}
+
+// Close ends the stream.
+func (w *WatchStream) Close() error { return w.body.Close() }

@@ -30,6 +30,13 @@ func JoinTokenAgentID(td spiffeid.TrustDomain, tokenID string) spiffeid.ID {
 	return mustID(td, "/trustmesh/agent/join_token/"+tokenID)
 }
 
+// X509PoPAgentID is the ID of an agent attested by x509pop: the SHA-256
+// fingerprint (hex) of its certificate. The same certificate always yields
+// the same ID, so an evicted agent can attest again.
+func X509PoPAgentID(td spiffeid.TrustDomain, fingerprint string) spiffeid.ID {
+	return mustID(td, "/trustmesh/agent/x509pop/"+fingerprint)
+}
+
 // IsAgentID reports whether id names an agent.
 func IsAgentID(id spiffeid.ID) bool {
 	return strings.HasPrefix(id.Path(), "/trustmesh/agent/")

@@ -9,6 +9,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	apiv1 "github.com/trustmesh/trustmesh/api/v1"
+	"github.com/trustmesh/trustmesh/internal/attest"
 	"github.com/trustmesh/trustmesh/internal/audit"
 	"github.com/trustmesh/trustmesh/internal/ca"
 	"github.com/trustmesh/trustmesh/internal/registry"
@@ -24,6 +25,7 @@ func (s *Server) registerAgent(mux *http.ServeMux) {
 	s.route(mux, "GET "+apiv1.PathAgentEntries, "agent", "agent.entries", s.authAgent, s.agentEntries)
 	s.route(mux, "POST "+apiv1.PathAgentX509SVID, "agent", "agent.x509svids", s.authAgent, s.agentX509SVIDs)
 	s.route(mux, "POST "+apiv1.PathAgentJWTSVID, "agent", "agent.jwtsvid", s.authAgent, s.agentJWTSVID)
+	s.route(mux, "GET "+apiv1.PathAgentWatch, "agent", "agent.watch", s.authAgent, s.watchAgent)
 }
 
 func (s *Server) attestAgent(w http.ResponseWriter, r *http.Request, req *request) error {
@@ -31,33 +33,56 @@ func (s *Server) attestAgent(w http.ResponseWriter, r *http.Request, req *reques
 	if err := decodeJSON(w, r, &in); err != nil {
 		return err
 	}
-	if in.JoinToken == "" {
-		return badRequest(errors.New("no attestation data: give a join_token"))
-	}
 	pub, err := ca.ParseCSR(in.CSR)
 	if err != nil {
 		return badRequest(err)
 	}
-	tokenID, err := registry.VerifyJoinToken(r.Context(), s.store, in.JoinToken, s.now())
-	if err != nil {
-		if errors.Is(err, registry.ErrInvalidJoinToken) {
-			return errAttestation(err)
+	var (
+		agent   store.Agent
+		tokenID string
+	)
+	switch {
+	case in.JoinToken != "" && in.X509PoP != nil:
+		return badRequest(errors.New("give one attestation method: join_token or x509pop"))
+	case in.JoinToken != "":
+		if tokenID, err = registry.VerifyJoinToken(r.Context(), s.store, in.JoinToken, s.now()); err != nil {
+			if errors.Is(err, registry.ErrInvalidJoinToken) {
+				return errAttestation(err)
+			}
+			return internal(err)
 		}
-		return internal(err)
+		agent = store.Agent{SPIFFEID: registry.JoinTokenAgentID(s.set.TrustDomain, tokenID).String(), AttestationType: "join_token"}
+	case in.X509PoP != nil:
+		binding, err := attest.X509PoPBinding(r.TLS)
+		if err != nil {
+			return badRequest(err)
+		}
+		res, err := attest.VerifyX509PoP(in.X509PoP.Chain, in.X509PoP.Signature, binding, s.set.X509PoPRoots, s.now())
+		if err != nil {
+			return &apiError{http.StatusForbidden, "attestation failed: x509pop proof refused", err}
+		}
+		sels, err := registry.ParseSelectors(res.Selectors)
+		if err != nil {
+			return &apiError{http.StatusForbidden, "attestation failed: x509pop proof refused", err}
+		}
+		agent = store.Agent{SPIFFEID: registry.X509PoPAgentID(s.set.TrustDomain, res.Fingerprint).String(), AttestationType: attest.X509PoPType, Selectors: sels}
+	default:
+		return badRequest(errors.New("no attestation data: give a join_token or an x509pop proof"))
 	}
-	agentID := registry.JoinTokenAgentID(s.set.TrustDomain, tokenID)
-	req.caller = caller{Actor: agentID.String(), ID: agentID}
-	req.target = agentID.String()
-	svid, err := s.signX509(agentID.String(), ca.X509SVIDParams{SPIFFEID: agentID, PublicKey: pub, TTL: s.set.AgentSVIDTTL}, "agent")
+	agentID := spiffeid.RequireFromString(agent.SPIFFEID)
+	req.caller = caller{Actor: agent.SPIFFEID, ID: agentID}
+	req.target = agent.SPIFFEID
+	if existing, err := s.store.GetAgent(r.Context(), agent.SPIFFEID); err == nil && existing.Banned {
+		return &apiError{http.StatusForbidden, "agent is banned", fmt.Errorf("%s is banned", agent.SPIFFEID)}
+	}
+	svid, err := s.signX509(agent.SPIFFEID, ca.X509SVIDParams{SPIFFEID: agentID, PublicKey: pub, TTL: s.set.AgentSVIDTTL}, "agent")
 	if err != nil {
 		return err
 	}
-	// The token is consumed in the transaction that records the agent.
-	if _, err := s.store.AttestAgent(r.Context(), store.Agent{
-		SPIFFEID: agentID.String(), AttestationType: "join_token",
-		CertSerial: svid.Serial, CertNotAfter: svid.ExpiresAt,
-	}, tokenID); err != nil {
-		if errors.Is(err, store.ErrNotFound) {
+	agent.CertSerial, agent.CertNotAfter = svid.Serial, svid.ExpiresAt
+	// A join token is consumed in the transaction that records the agent.
+	if _, err := s.store.AttestAgent(r.Context(), agent, tokenID); err != nil {
+		if tokenID != "" && errors.Is(err, store.ErrNotFound) {
 			return errAttestation(fmt.Errorf("%w: token %s was used concurrently", registry.ErrInvalidJoinToken, tokenID))
 		}
 		return storeError(err)
@@ -66,7 +91,7 @@ func (s *Server) attestAgent(w http.ResponseWriter, r *http.Request, req *reques
 	if err != nil {
 		return internal(err)
 	}
-	req.attrs = []slog.Attr{slog.String("attestation_type", "join_token"), slog.String("serial_number", svid.Serial)}
+	req.attrs = []slog.Attr{slog.String("attestation_type", agent.AttestationType), slog.String("serial_number", svid.Serial)}
 	writeJSON(w, http.StatusOK, apiv1.AttestResponse{SVID: svid, Bundle: bundle})
 	return nil
 }

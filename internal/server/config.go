@@ -2,6 +2,7 @@ package server
 
 import (
 	"bytes"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -28,6 +29,8 @@ const (
 	DefaultJoinTokenTTL   = 10 * time.Minute
 	defaultRotateInterval = 10 * time.Second
 	defaultBundleRefresh  = 5 * time.Second
+	defaultWatchPoll      = 200 * time.Millisecond
+	defaultWatchHeartbeat = 10 * time.Second
 	maxUnixSocketPath     = 107 // sun_path minus the terminating NUL
 )
 
@@ -48,6 +51,8 @@ type Config struct {
 
 	CA CAConfig `yaml:"ca"`
 
+	NodeAttestation NodeAttestationConfig `yaml:"node_attestation"`
+
 	DefaultX509SVIDTTL Duration `yaml:"default_x509_svid_ttl"`
 	DefaultJWTSVIDTTL  Duration `yaml:"default_jwt_svid_ttl"`
 	AgentSVIDTTL       Duration `yaml:"agent_svid_ttl"`
@@ -61,6 +66,18 @@ type CAConfig struct {
 	TTL        Duration        `yaml:"ttl"`
 	KeyManager string          `yaml:"key_manager"` // disk (default) | memory
 	Upstream   *UpstreamConfig `yaml:"upstream"`
+}
+
+// NodeAttestationConfig enables node attestation methods beyond join
+// tokens (always on).
+type NodeAttestationConfig struct {
+	X509PoP *X509PoPConfig `yaml:"x509pop"`
+}
+
+// X509PoPConfig trusts agents holding a certificate (and its key) that
+// chains to one of the CAs in CABundleFile.
+type X509PoPConfig struct {
+	CABundleFile string `yaml:"ca_bundle_file"`
 }
 
 // UpstreamConfig names an upstream CA on disk.
@@ -195,8 +212,16 @@ type Settings struct {
 	AgentSVIDTTL time.Duration
 	JoinTokenTTL time.Duration
 
+	// X509PoPRoots is set when x509pop node attestation is enabled.
+	X509PoPRoots *x509.CertPool
+
 	RotateInterval time.Duration
 	BundleRefresh  time.Duration
+	// WatchPoll is how often the registry revision is polled to push
+	// changes to connected agents.
+	WatchPoll time.Duration
+	// WatchHeartbeat is how often an idle watch stream says it is alive.
+	WatchHeartbeat time.Duration
 	// Warnings are non-fatal observations (e.g. SVIDs cut short by the CA).
 	Warnings []string
 }
@@ -216,6 +241,8 @@ func (c Config) Resolve() (Settings, error) {
 		Upstream:       c.CA.Upstream,
 		RotateInterval: defaultRotateInterval,
 		BundleRefresh:  defaultBundleRefresh,
+		WatchPoll:      defaultWatchPoll,
+		WatchHeartbeat: defaultWatchHeartbeat,
 	}
 	var err error
 	durations := []struct {
@@ -306,6 +333,20 @@ func (c Config) Resolve() (Settings, error) {
 			}
 			if _, err := os.Stat(f); err != nil {
 				add("ca.upstream.%s: %v", key, err)
+			}
+		}
+	}
+	if p := c.NodeAttestation.X509PoP; p != nil {
+		if p.CABundleFile == "" {
+			add("node_attestation.x509pop.ca_bundle_file is required")
+		} else if data, err := os.ReadFile(p.CABundleFile); err != nil {
+			add("node_attestation.x509pop.ca_bundle_file: %v", err)
+		} else if certs, err := ca.ParseCertificatesPEM(data); err != nil {
+			add("node_attestation.x509pop.ca_bundle_file %s: %v", p.CABundleFile, err)
+		} else {
+			s.X509PoPRoots = x509.NewCertPool()
+			for _, c := range certs {
+				s.X509PoPRoots.AddCert(c)
 			}
 		}
 	}

@@ -105,6 +105,10 @@ func (s *statusRecorder) WriteHeader(code int) {
 	s.ResponseWriter.WriteHeader(code)
 }
 
+// Unwrap lets http.ResponseController reach the real writer (streams
+// flush and clear deadlines through it).
+func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
 func secondsToDuration(what string, s int64) (time.Duration, error) {
 	if s < 0 {
 		return 0, fmt.Errorf("%s %d is negative", what, s)

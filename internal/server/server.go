@@ -44,6 +44,9 @@ type Server struct {
 	bundle  *bundleCache
 	metrics *telemetry.ServerMetrics
 
+	changes  *changeHub
+	stopping <-chan struct{} // closed when Run is stopping: long-lived streams end
+
 	certMu     sync.Mutex
 	serverCert atomic.Pointer[serverCert]
 
@@ -133,6 +136,8 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 
 	g, gctx := errgroup.WithContext(ctx)
+	s.stopping = gctx.Done()
+	s.changes = newChangeHub()
 	adminSrv := &http.Server{
 		Handler:           s.socketHandler(),
 		ConnContext:       withUnixPeerCred,
@@ -146,8 +151,8 @@ func (s *Server) Run(ctx context.Context) error {
 		// Bounds reading a request (headers and body) so a slow client
 		// cannot hold the unauthenticated attestation endpoint open.
 		ReadTimeout: 30 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+		IdleTimeout: 2 * time.Minute,
+		ErrorLog:    slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
 	serve := func(name string, srv *http.Server, run func() error) {
 		g.Go(func() error {
@@ -170,6 +175,7 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	g.Go(func() error { return s.caMgr.Run(gctx, s.set.RotateInterval) })
 	g.Go(func() error { return s.maintain(gctx) })
+	g.Go(func() error { return s.pollChanges(gctx) })
 
 	s.log.Info("server ready", "trust_domain", s.set.TrustDomain.Name(), "listen", s.listen.String(),
 		"admin_socket", s.set.AdminSocket, "metrics", addrString(s.metricsLn), "data_dir", s.set.DataDir)

@@ -545,7 +545,7 @@ func TestRestartKeepsBundle(t *testing.T) {
 // share entries, tokens (single use across replicas), agents and a bundle
 // holding both replicas' CAs.
 func TestHAReplicasSharePostgres(t *testing.T) {
-	url := storetest.PostgresURL(t)
+	url := storeURL(t)
 	a := startServer(t, func(c *Config) { c.Datastore = url })
 	b := startServer(t, func(c *Config) { c.Datastore = url })
 	ctx := ctxT(t)
@@ -621,3 +621,6 @@ func TestAdminSocketPathNotASocket(t *testing.T) {
 		t.Fatal("regular file at the socket path was removed")
 	}
 }
+
+// storeURL is a fresh PostgreSQL database (HA tests need a shared one).
+func storeURL(t *testing.T) string { return storetest.PostgresURL(t) }
