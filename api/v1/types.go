@@ -33,10 +33,19 @@ const (
 	PathAgentWatch    = "/v1/agent/watch" // GET: NDJSON stream of WatchEvent
 )
 
-// Error is the body of every non-2xx response.
+// Error is the body of every non-2xx response. Code, when set, is a
+// stable machine-readable reason (see the Code* constants).
 type Error struct {
 	Error string `json:"error"`
+	Code  string `json:"code,omitempty"`
 }
+
+// Error codes agents act on.
+const (
+	CodeAgentBanned       = "agent_banned"       // never attest again
+	CodeAgentNotAttested  = "agent_not_attested" // evicted: attest again if the method allows
+	CodeAttestationFailed = "attestation_failed"
+)
 
 // Entry is a registration entry.
 type Entry struct {
@@ -241,4 +250,5 @@ type WatchEvent struct {
 	Entries        []Entry         `json:"entries,omitempty"`
 	Bundle         json.RawMessage `json:"bundle,omitempty"` // SPIFFE bundle (JWKS)
 	Error          string          `json:"error,omitempty"`
+	Code           string          `json:"code,omitempty"`
 }

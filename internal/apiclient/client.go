@@ -23,6 +23,7 @@ import (
 type Error struct {
 	Status  int
 	Message string
+	Code    string // apiv1.Code*, when the server gave one
 }
 
 func (e *Error) Error() string { return e.Message }
@@ -84,7 +85,7 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		if json.Unmarshal(data, &e) != nil || e.Error == "" {
 			e.Error = fmt.Sprintf("server answered %s", resp.Status)
 		}
-		return &Error{Status: resp.StatusCode, Message: e.Error}
+		return &Error{Status: resp.StatusCode, Message: e.Error, Code: e.Code}
 	}
 	if out == nil {
 		return nil
@@ -253,6 +254,12 @@ func (c *Client) AgentJWTSVID(ctx context.Context, entryID string, audience []st
 	return out, err
 }
 
+// HasCode reports whether err is an API error with the given code.
+func HasCode(err error, code string) bool {
+	var e *Error
+	return errors.As(err, &e) && e.Code == code
+}
+
 // IsStatus reports whether err is an API error with the given status.
 func IsStatus(err error, status int) bool {
 	var e *Error
@@ -300,7 +307,7 @@ func (w *WatchStream) Next() (apiv1.WatchEvent, error) {
 		return ev, err
 	}
 	if ev.Kind == apiv1.WatchError {
-		return ev, &Error{Status: http.StatusForbidden, Message: ev.Error}
+		return ev, &Error{Status: http.StatusForbidden, Message: ev.Error, Code: ev.Code}
 	}
 	return ev, nil
 }

@@ -62,7 +62,7 @@ func AttestX509PoP(ctx context.Context, addr string, cfg *tls.Config, csr []byte
 		if json.Unmarshal(data, &e) != nil || e.Error == "" {
 			e.Error = "server answered " + resp.Status
 		}
-		return out, &Error{Status: resp.StatusCode, Message: e.Error}
+		return out, &Error{Status: resp.StatusCode, Message: e.Error, Code: e.Code}
 	}
 	if err := json.Unmarshal(data, &out); err != nil {
 		return out, fmt.Errorf("decode attestation answer: %w", err)

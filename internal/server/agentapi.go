@@ -59,11 +59,11 @@ func (s *Server) attestAgent(w http.ResponseWriter, r *http.Request, req *reques
 		}
 		res, err := attest.VerifyX509PoP(in.X509PoP.Chain, in.X509PoP.Signature, binding, s.set.X509PoPRoots, s.now())
 		if err != nil {
-			return &apiError{http.StatusForbidden, "attestation failed: x509pop proof refused", err}
+			return errX509PoP(err)
 		}
 		sels, err := registry.ParseSelectors(res.Selectors)
 		if err != nil {
-			return &apiError{http.StatusForbidden, "attestation failed: x509pop proof refused", err}
+			return errX509PoP(err)
 		}
 		agent = store.Agent{SPIFFEID: registry.X509PoPAgentID(s.set.TrustDomain, res.Fingerprint).String(), AttestationType: attest.X509PoPType, Selectors: sels}
 	default:
@@ -73,7 +73,7 @@ func (s *Server) attestAgent(w http.ResponseWriter, r *http.Request, req *reques
 	req.caller = caller{Actor: agent.SPIFFEID, ID: agentID}
 	req.target = agent.SPIFFEID
 	if existing, err := s.store.GetAgent(r.Context(), agent.SPIFFEID); err == nil && existing.Banned {
-		return &apiError{http.StatusForbidden, "agent is banned", fmt.Errorf("%s is banned", agent.SPIFFEID)}
+		return errBanned(fmt.Errorf("%s is banned", agent.SPIFFEID))
 	}
 	svid, err := s.signX509(agent.SPIFFEID, ca.X509SVIDParams{SPIFFEID: agentID, PublicKey: pub, TTL: s.set.AgentSVIDTTL}, "agent")
 	if err != nil {
@@ -99,7 +99,12 @@ func (s *Server) attestAgent(w http.ResponseWriter, r *http.Request, req *reques
 // errAttestation is the one answer for every failed join-token
 // attestation: unknown, wrong, expired, revoked and used tokens look alike.
 func errAttestation(cause error) *apiError {
-	return &apiError{http.StatusForbidden, "attestation failed: " + registry.ErrInvalidJoinToken.Error(), cause}
+	return &apiError{status: http.StatusForbidden, public: "attestation failed: " + registry.ErrInvalidJoinToken.Error(),
+		cause: cause, code: apiv1.CodeAttestationFailed}
+}
+
+func errX509PoP(cause error) *apiError {
+	return &apiError{status: http.StatusForbidden, public: "attestation failed: x509pop proof refused", cause: cause, code: apiv1.CodeAttestationFailed}
 }
 
 func (s *Server) renewAgent(w http.ResponseWriter, r *http.Request, req *request) error {
@@ -225,7 +230,7 @@ func (s *Server) agentJWTSVID(w http.ResponseWriter, r *http.Request, req *reque
 	}
 	e, ok := byID[in.EntryID]
 	if !ok {
-		return &apiError{http.StatusForbidden, errNotAuthorized.Error(), fmt.Errorf("entry %q is not among the agent's authorized entries", in.EntryID)}
+		return &apiError{status: http.StatusForbidden, public: errNotAuthorized.Error(), cause: fmt.Errorf("entry %q is not among the agent's authorized entries", in.EntryID)}
 	}
 	id, err := spiffeid.FromString(e.SPIFFEID)
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	apiv1 "github.com/trustmesh/trustmesh/api/v1"
 	"github.com/trustmesh/trustmesh/internal/identity"
 	"github.com/trustmesh/trustmesh/internal/registry"
 	"github.com/trustmesh/trustmesh/internal/store"
@@ -86,11 +87,12 @@ func (s *Server) authAgent(r *http.Request) (caller, *apiError) {
 	a, err := s.store.GetAgent(r.Context(), id.String())
 	switch {
 	case errors.Is(err, store.ErrNotFound):
-		return c, &apiError{http.StatusForbidden, "agent is not attested (evicted?): attest again", fmt.Errorf("no agent record for %s", id)}
+		return c, &apiError{status: http.StatusForbidden, public: "agent is not attested (evicted?): attest again",
+			cause: fmt.Errorf("no agent record for %s", id), code: apiv1.CodeAgentNotAttested}
 	case err != nil:
 		return c, internal(err)
 	case a.Banned:
-		return c, &apiError{http.StatusForbidden, "agent is banned", fmt.Errorf("%s is banned", id)}
+		return c, errBanned(fmt.Errorf("%s is banned", id))
 	case c.Serial == a.CertSerial:
 		if a.PrevCertSerial != "" {
 			// The renewed certificate is in use: retire the previous one.

@@ -1,11 +1,9 @@
 package server
 
 import (
-	"bytes"
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -13,10 +11,10 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"gopkg.in/yaml.v3"
 
 	"github.com/trustmesh/trustmesh/internal/ca"
 	"github.com/trustmesh/trustmesh/internal/ca/keymanager"
+	"github.com/trustmesh/trustmesh/internal/configfile"
 	"github.com/trustmesh/trustmesh/internal/registry"
 	"github.com/trustmesh/trustmesh/internal/store/sqlstore"
 )
@@ -87,85 +85,17 @@ type UpstreamConfig struct {
 	BundleFile string `yaml:"bundle_file"`
 }
 
-// Duration is a duration written as a Go duration string ("24h"). It is
-// parsed in Resolve, not while decoding, so one bad value does not hide
-// the config's other problems.
-type Duration struct {
-	Value time.Duration // used when Raw is empty (configs built in code)
-	Raw   string
-	Line  int
-}
+// Duration is a config duration (see configfile).
+type Duration = configfile.Duration
 
 // D returns a Duration for d, for configs built in code.
-func D(d time.Duration) Duration { return Duration{Value: d} }
+func D(d time.Duration) Duration { return configfile.D(d) }
 
-// UnmarshalYAML implements yaml.Unmarshaler.
-func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
-	d.Raw, d.Line = n.Value, n.Line
-	if d.Raw == "" {
-		d.Raw = "<empty>"
-	}
-	return nil
-}
-
-// MarshalYAML implements yaml.Marshaler.
-func (d Duration) MarshalYAML() (any, error) {
-	if d.Raw != "" {
-		return d.Raw, nil
-	}
-	return d.Value.String(), nil
-}
-
-func (d Duration) parse(key string, def time.Duration) (time.Duration, error) {
-	if d.Raw == "" {
-		if d.Value == 0 {
-			return def, nil
-		}
-		return d.Value, nil
-	}
-	v, err := time.ParseDuration(d.Raw)
-	if err != nil {
-		return def, fmt.Errorf("%s (line %d): invalid duration %q: want a value such as \"1h\" or \"90s\"", key, d.Line, d.Raw)
-	}
-	return v, nil
-}
-
-// LoadConfigFile decodes a YAML config file. See ParseConfig.
-func LoadConfigFile(path string) (Config, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return Config{}, fmt.Errorf("read config: %w", err)
-	}
-	return ParseConfig(data)
-}
-
-// DecodeErrors are the problems found while decoding (unknown keys, wrong
-// types). The Config returned with them holds everything else, so Resolve
-// can still report the remaining problems.
-type DecodeErrors struct{ Errs []error }
-
-func (e *DecodeErrors) Error() string { return errors.Join(e.Errs...).Error() }
-
-// ParseConfig decodes YAML config bytes. Unknown keys are errors. A syntax
-// error is returned alone; field-level problems come back as
-// *DecodeErrors alongside the partially decoded Config.
+// ParseConfig decodes YAML config bytes strictly (see configfile.Decode).
 func ParseConfig(data []byte) (Config, error) {
 	var c Config
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	err := dec.Decode(&c)
-	if err == nil || errors.Is(err, io.EOF) {
-		return c, nil
-	}
-	var te *yaml.TypeError
-	if errors.As(err, &te) {
-		de := &DecodeErrors{}
-		for _, e := range te.Errors {
-			de.Errs = append(de.Errs, errors.New(e))
-		}
-		return c, de
-	}
-	return c, fmt.Errorf("config is not valid YAML: %w", err)
+	err := configfile.Decode(data, &c)
+	return c, err
 }
 
 // LoadSettings decodes the config file (if path is not empty), applies
@@ -177,9 +107,7 @@ func LoadSettings(path string, override func(*Config)) (Settings, error) {
 		loadErr error
 	)
 	if path != "" {
-		c, loadErr = LoadConfigFile(path)
-		var de *DecodeErrors
-		if loadErr != nil && !errors.As(loadErr, &de) {
+		if loadErr = configfile.Load(path, &c); configfile.Fatal(loadErr) {
 			return Settings{}, loadErr
 		}
 	}
@@ -257,11 +185,11 @@ func (c Config) Resolve() (Settings, error) {
 		{"join_token_ttl", c.JoinTokenTTL, DefaultJoinTokenTTL, &s.JoinTokenTTL},
 	}
 	for _, d := range durations {
-		if *d.out, err = d.in.parse(d.key, d.def); err != nil {
+		if *d.out, err = d.in.Parse(d.key, d.def); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	if s.AgentSVIDTTL, err = c.AgentSVIDTTL.parse("agent_svid_ttl", s.X509SVIDTTL); err != nil {
+	if s.AgentSVIDTTL, err = c.AgentSVIDTTL.Parse("agent_svid_ttl", s.X509SVIDTTL); err != nil {
 		errs = append(errs, err)
 	}
 	s.AdminSocket = orDefault(c.AdminSocket, filepath.Join(s.DataDir, "admin.sock"))

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/trustmesh/trustmesh/internal/ca/keymanager"
+	"github.com/trustmesh/trustmesh/internal/configfile"
 )
 
 func TestDefaults(t *testing.T) {
@@ -155,8 +156,7 @@ func FuzzParseConfig(f *testing.F) {
 	f.Add([]byte("ca: {upstream: {cert_file: x}}\ndefault_x509_svid_ttl: 1\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, err := ParseConfig(data)
-		var de *DecodeErrors
-		if err != nil && !errors.As(err, &de) {
+		if configfile.Fatal(err) {
 			return
 		}
 		_, _ = c.Resolve()

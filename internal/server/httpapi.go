@@ -21,6 +21,7 @@ type apiError struct {
 	status int
 	public string
 	cause  error
+	code   string // apiv1.Code*, optional
 }
 
 func (e *apiError) Error() string {
@@ -32,33 +33,37 @@ func (e *apiError) Error() string {
 
 func (e *apiError) Unwrap() error { return e.cause }
 
-func badRequest(err error) *apiError { return &apiError{http.StatusBadRequest, err.Error(), nil} }
+func badRequest(err error) *apiError {
+	return &apiError{status: http.StatusBadRequest, public: err.Error()}
+}
 
 func forbidden(cause error) *apiError {
-	return &apiError{http.StatusForbidden, "permission denied", cause}
+	return &apiError{status: http.StatusForbidden, public: "permission denied", cause: cause}
 }
 
 func unauthenticated(msg string) *apiError {
-	return &apiError{http.StatusUnauthorized, msg, nil}
+	return &apiError{status: http.StatusUnauthorized, public: msg}
 }
 
 // storeError maps datastore errors to client-visible ones.
 func storeError(err error) *apiError {
 	switch {
 	case errors.Is(err, store.ErrNotFound):
-		return &apiError{http.StatusNotFound, err.Error(), nil}
-	case errors.Is(err, store.ErrAlreadyExists):
-		return &apiError{http.StatusConflict, err.Error(), nil}
-	case errors.Is(err, store.ErrConflict):
-		return &apiError{http.StatusConflict, err.Error(), nil}
+		return &apiError{status: http.StatusNotFound, public: err.Error()}
+	case errors.Is(err, store.ErrAlreadyExists), errors.Is(err, store.ErrConflict):
+		return &apiError{status: http.StatusConflict, public: err.Error()}
 	case errors.Is(err, store.ErrBanned):
-		return &apiError{http.StatusForbidden, "agent is banned", nil}
+		return errBanned(err)
 	}
 	return internal(err)
 }
 
 func internal(err error) *apiError {
-	return &apiError{http.StatusInternalServerError, "internal error", err}
+	return &apiError{status: http.StatusInternalServerError, public: "internal error", cause: err}
+}
+
+func errBanned(cause error) *apiError {
+	return &apiError{status: http.StatusForbidden, public: "agent is banned", cause: cause, code: apiv1.CodeAgentBanned}
 }
 
 func asAPIError(err error) *apiError {
@@ -91,7 +96,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 }
 
 func writeError(w http.ResponseWriter, e *apiError) {
-	writeJSON(w, e.status, apiv1.Error{Error: e.public})
+	writeJSON(w, e.status, apiv1.Error{Error: e.public, Code: e.code})
 }
 
 // statusRecorder captures the status code for metrics.

@@ -99,7 +99,8 @@ func (s *Server) watchAgent(w http.ResponseWriter, r *http.Request, req *request
 			ev, err := s.agentState(r, req, reg, seq)
 			if err != nil {
 				// The stream is already 200: report in-band and end it.
-				_ = send(apiv1.WatchEvent{Kind: apiv1.WatchError, Error: asAPIError(err).public})
+				ae := asAPIError(err)
+				_ = send(apiv1.WatchEvent{Kind: apiv1.WatchError, Error: ae.public, Code: ae.code})
 				return nil
 			}
 			if err := send(ev); err != nil {
