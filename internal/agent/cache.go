@@ -2,6 +2,8 @@ package agent
 
 import (
 	"crypto"
+	"crypto/sha256"
+	"encoding/hex"
 	"crypto/x509"
 	"sort"
 	"sync"
@@ -42,6 +44,8 @@ type Snapshot struct {
 	// SVIDs by entry ID; an entry may not have one yet.
 	SVIDs  map[string]*SVID
 	Bundle *spiffebundle.Bundle
+	// Synced is true once the server's state has been applied.
+	Synced bool
 
 	entrySels [][]string // per entry, for matching
 	changed   chan struct{}
@@ -122,6 +126,7 @@ func (c *Cache) update(fn func(next *Snapshot)) {
 		entrySels: old.entrySels,
 		SVIDs:     make(map[string]*SVID, len(old.SVIDs)),
 		Bundle:    old.Bundle,
+		Synced:    old.Synced,
 		changed:   make(chan struct{}),
 	}
 	for k, v := range old.SVIDs {
@@ -163,6 +168,7 @@ func (c *Cache) SetState(entries []apiv1.Entry, bundle *spiffebundle.Bundle, now
 		if bundle != nil {
 			s.Bundle = bundle
 		}
+		s.Synced = true
 	})
 }
 
@@ -199,8 +205,18 @@ func (c *Cache) DropExpired(now time.Time) bool {
 	if !stale {
 		return false
 	}
-	c.SetState(cur.Entries, nil, now)
 	c.update(func(s *Snapshot) {
+		live := s.Entries[:0:0]
+		var sels [][]string
+		for i, e := range s.Entries {
+			if e.ExpiresAt == nil || now.Before(*e.ExpiresAt) {
+				live = append(live, e)
+				sels = append(sels, s.entrySels[i])
+			} else {
+				delete(s.SVIDs, e.ID)
+			}
+		}
+		s.Entries, s.entrySels = live, sels
 		for id, sv := range s.SVIDs {
 			if !now.Before(sv.NotAfter) {
 				delete(s.SVIDs, id)
@@ -208,4 +224,9 @@ func (c *Cache) DropExpired(now time.Time) bool {
 		}
 	})
 	return true
+}
+
+func contentHash(b []byte) string {
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:8])
 }
