@@ -1,0 +1,216 @@
+package agent
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+)
+
+// TestGoSpiffeClients: go-spiffe's own workloadapi client, unchanged, gets
+// X.509-SVIDs, bundles and JWT-SVIDs from the agent and validates JWTs.
+func TestGoSpiffeClients(t *testing.T) {
+	ts := startServer(t, "", "", nil)
+	set, agentID := agentSettings(t, ts)
+	e := ts.entry(t, "spiffe://example.org/ns/default/sa/api", agentID, 0, uidSelector())
+	ta := startAgent(t, set)
+	ctx := ctxT(t)
+
+	x509Src, err := workloadapi.NewX509Source(ctx, ta.clientOpt())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer x509Src.Close()
+	svid, err := x509Src.GetX509SVID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if svid.ID.String() != e.SPIFFEID {
+		t.Fatalf("workload got %s", svid.ID)
+	}
+	if _, _, err := x509svid.Verify(svid.Certificates, x509Src); err != nil {
+		t.Fatalf("SVID does not verify against the Workload API bundle: %v", err)
+	}
+
+	client, err := workloadapi.New(ctx, workloadapi.WithAddr(ta.addr()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	bundles, err := client.FetchX509Bundles(ctx)
+	if err != nil || bundles.Len() != 1 {
+		t.Fatalf("FetchX509Bundles: %v", err)
+	}
+	jwt, err := client.FetchJWTSVID(ctx, jwtsvid.Params{Audience: "spiffe://example.org/db"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if jwt.ID.String() != e.SPIFFEID {
+		t.Fatalf("JWT-SVID for %s", jwt.ID)
+	}
+	validated, err := client.ValidateJWTSVID(ctx, jwt.Marshal(), "spiffe://example.org/db")
+	if err != nil || validated.ID.String() != e.SPIFFEID {
+		t.Fatalf("ValidateJWTSVID: %v %v", validated, err)
+	}
+	if _, err := client.ValidateJWTSVID(ctx, jwt.Marshal(), "someone-else"); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("validate for the wrong audience: %v", err)
+	}
+	jwtSrc, err := workloadapi.NewJWTSource(ctx, workloadapi.WithClientOptions(workloadapi.WithAddr(ta.addr())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer jwtSrc.Close()
+	if _, err := jwtsvid.ParseAndValidate(jwt.Marshal(), jwtSrc, []string{"spiffe://example.org/db"}); err != nil {
+		t.Fatalf("JWTSource bundle does not validate the JWT-SVID: %v", err)
+	}
+	// Same audience again: served from the agent's JWT cache.
+	again, err := client.FetchJWTSVID(ctx, jwtsvid.Params{Audience: "spiffe://example.org/db"})
+	if err != nil || again.Marshal() != jwt.Marshal() {
+		t.Fatalf("second JWT fetch: %v", err)
+	}
+}
+
+func rawClient(t *testing.T, ta *testAgent) workload.SpiffeWorkloadAPIClient {
+	t.Helper()
+	conn, err := grpc.NewClient(ta.addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return workload.NewSpiffeWorkloadAPIClient(conn)
+}
+
+func withHeader(ctx context.Context) context.Context {
+	return metadata.AppendToOutgoingContext(ctx, "workload.spiffe.io", "true")
+}
+
+// TestWorkloadAPIRules: the security header is mandatory; a caller
+// matching no entry is refused; arguments are checked.
+func TestWorkloadAPIRules(t *testing.T) {
+	ts := startServer(t, "", "", nil)
+	set, agentID := agentSettings(t, ts)
+	ts.entry(t, "spiffe://example.org/someone-else", agentID, 0, "unix:uid:999999")
+	ta := startAgent(t, set)
+	c := rawClient(t, ta)
+	ctx := ctxT(t)
+
+	stream, err := c.FetchX509SVID(ctx, &workload.X509SVIDRequest{})
+	if err == nil {
+		_, err = stream.Recv()
+	}
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "security header") {
+		t.Fatalf("no security header: %v", err)
+	}
+	stream, err = c.FetchX509SVID(withHeader(ctx), &workload.X509SVIDRequest{})
+	if err == nil {
+		_, err = stream.Recv()
+	}
+	if status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("caller without an entry: %v", err)
+	}
+	if _, err := c.FetchJWTSVID(withHeader(ctx), &workload.JWTSVIDRequest{}); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("JWT without audience: %v", err)
+	}
+	if _, err := c.FetchJWTSVID(withHeader(ctx), &workload.JWTSVIDRequest{Audience: []string{"a"}}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("JWT for a caller without an entry: %v", err)
+	}
+	if _, err := c.ValidateJWTSVID(withHeader(ctx), &workload.ValidateJWTSVIDRequest{Audience: "a", Svid: "not-a-jwt"}); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("validate garbage: %v", err)
+	}
+	if _, err := c.ValidateJWTSVID(ctx, &workload.ValidateJWTSVIDRequest{Audience: "a", Svid: "x"}); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("validate without header: %v", err)
+	}
+}
+
+// TestEntryChangesArePushed: with the periodic resync out of the way, an
+// entry created after the workload connected reaches it through the watch
+// stream, and a deleted entry's SVID stops being served.
+func TestEntryChangesArePushed(t *testing.T) {
+	ts := startServer(t, "", "", nil)
+	set, agentID := agentSettings(t, ts)
+	set.ResyncInterval = time.Hour
+	first := ts.entry(t, "spiffe://example.org/first", agentID, 0, uidSelector())
+	ta := startAgent(t, set)
+	ctx := ctxT(t)
+	stream, err := rawClient(t, ta).FetchX509SVID(withHeader(ctx), &workload.X509SVIDRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := stream.Recv()
+	if err != nil || len(resp.Svids) != 1 || resp.Svids[0].SpiffeId != first.SPIFFEID {
+		t.Fatalf("first message: %v %v", resp, err)
+	}
+	second := ts.entry(t, "spiffe://example.org/second", agentID, 0, uidSelector())
+	resp, err = stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := []string{}
+	for _, s := range resp.Svids {
+		ids = append(ids, s.SpiffeId)
+	}
+	if strings.Join(ids, ",") != first.SPIFFEID+","+second.SPIFFEID {
+		t.Fatalf("after creating a second entry the stream carries %v", ids)
+	}
+	// Every message carries the full state, each SVID with key and bundle.
+	for _, s := range resp.Svids {
+		if len(s.X509SvidKey) == 0 || len(s.Bundle) == 0 {
+			t.Fatal("SVID message without key or bundle")
+		}
+	}
+	if _, err := ts.admin.DeleteEntry(ctx, first.ID); err != nil {
+		t.Fatal(err)
+	}
+	resp, err = stream.Recv()
+	if err != nil || len(resp.Svids) != 1 || resp.Svids[0].SpiffeId != second.SPIFFEID {
+		t.Fatalf("after deleting the first entry: %v %v", resp, err)
+	}
+	if _, err := ts.admin.DeleteEntry(ctx, second.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("after deleting the last entry the stream must end with PermissionDenied, got %v", err)
+	}
+	if n := ta.metrics.syncs.WithLabelValues("resync"); testutilCount(n) != 0 {
+		t.Fatal("a resync ran: the changes may not have come from the watch stream")
+	}
+}
+
+// TestTTLsDownTo10sRotate: SVIDs with a 10s TTL rotate before they expire.
+func TestTTLsDownTo10sRotate(t *testing.T) {
+	ts := startServer(t, "", "", nil)
+	set, agentID := agentSettings(t, ts)
+	ts.entry(t, "spiffe://example.org/short", agentID, 10, uidSelector())
+	ta := startAgent(t, set)
+	ctx := ctxT(t)
+	src, err := workloadapi.NewX509Source(ctx, ta.clientOpt())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	first, _ := src.GetX509SVID()
+	if life := first.Certificates[0].NotAfter.Sub(time.Now()); life > 11*time.Second {
+		t.Fatalf("SVID lives %s, want about 10s", life)
+	}
+	eventually(t, 30*time.Second, "rotation", func() bool {
+		cur, err := src.GetX509SVID()
+		return err == nil && cur.Certificates[0].SerialNumber.Cmp(first.Certificates[0].SerialNumber) != 0
+	})
+	cur, _ := src.GetX509SVID()
+	if !cur.Certificates[0].NotAfter.After(first.Certificates[0].NotAfter) {
+		t.Fatal("the rotated SVID does not outlive the first")
+	}
+	if !time.Now().Before(first.Certificates[0].NotAfter) {
+		t.Fatal("rotation came after the old SVID expired")
+	}
+}
