@@ -12,3 +12,5 @@ func testutilCount(c prometheus.Counter) float64 {
 	}
 	return m.GetCounter().GetValue()
 }
+
+type dtoMetric = dto.Metric
