@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
 	apiv1 "github.com/trustmesh/trustmesh/api/v1"
@@ -71,6 +72,8 @@ func startServer(t *testing.T, dir, listen string, mutate func(*server.Config)) 
 	t.Cleanup(ts.stop)
 	return ts
 }
+
+func (ts *testServer) srvTD() spiffeid.TrustDomain { return spiffeid.RequireTrustDomainFromString("example.org") }
 
 func (ts *testServer) stop() {
 	if ts.cancel == nil {

@@ -91,11 +91,12 @@ token's public id: the part before the dot, as in the agent ID it would yield.`,
 func newAgentCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "agent",
-		Short: "Manage attested node agents",
-		Example: `  trustmesh agent list
+		Short: "Run a node agent, and manage attested agents",
+		Example: `  trustmesh agent run --server 127.0.0.1:8081 --trust-bundle bundle.pem --join-token TOKEN
+  trustmesh agent list
   trustmesh agent evict spiffe://example.org/trustmesh/agent/join_token/0123456789abcdef`,
 	}
-	cmd.AddCommand(newAgentListCmd(), newAgentActionCmd("evict", "Evict an agent: it must attest again (a banned agent is unbanned)"),
+	cmd.AddCommand(newAgentRunCmd(), newAgentValidateCmd(), newAgentListCmd(), newAgentActionCmd("evict", "Evict an agent: it must attest again (a banned agent is unbanned)"),
 		newAgentActionCmd("ban", "Ban an agent: its SVID is refused and it may not attest again"))
 	return cmd
 }

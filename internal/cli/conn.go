@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/trustmesh/trustmesh/internal/apiclient"
@@ -108,4 +109,12 @@ func (a *adminConn) emit(cmd *cobra.Command, v any, text func(w io.Writer) error
 		return printJSON(cmd.OutOrStdout(), v)
 	}
 	return text(cmd.OutOrStdout())
+}
+
+func parseSPIFFEID(cmd *cobra.Command, s string) (spiffeid.ID, error) {
+	id, err := spiffeid.FromString(s)
+	if err != nil {
+		return id, usageErrorf(cmd, "invalid SPIFFE ID %q: %v", s, err)
+	}
+	return id, nil
 }

@@ -79,6 +79,7 @@ server's admin socket (or, with --server, to its mTLS listener).`,
 		newBundleCmd(),
 		newX509Cmd(),
 		newJWTCmd(),
+		newAPICmd(),
 	)
 	return root
 }
