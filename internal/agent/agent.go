@@ -114,6 +114,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	if errors.Is(err, grpc.ErrServerStopped) {
 		err = nil
 	}
+	// Close our connections to the server rather than leave it to wait out
+	// its graceful-shutdown timeout for them.
+	a.node.client.Close()
 	a.log.Info("agent stopped")
 	return err
 }
