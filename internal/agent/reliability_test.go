@@ -290,3 +290,18 @@ func TestEvictedAndBannedAgents(t *testing.T) {
 	waitExit(t, done2, ErrBanned)
 }
 
+
+// TestEvictedWhileStopped: an agent evicted while it was down learns it
+// when it reconnects (the refusal at connect time, not a pushed event).
+func TestEvictedWhileStopped(t *testing.T) {
+	ts := startServer(t, "", "", nil)
+	set, agentID := agentSettings(t, ts)
+	ta := startAgent(t, set)
+	ta.stop(t)
+	if _, err := ts.admin.EvictAgent(ctxT(t), agentID); err != nil {
+		t.Fatal(err)
+	}
+	set.JoinToken = ""
+	_, done := runUntilExit(t, set)
+	waitExit(t, done, ErrMustReattest)
+}

@@ -81,11 +81,7 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		return err
 	}
 	if resp.StatusCode/100 != 2 {
-		var e apiv1.Error
-		if json.Unmarshal(data, &e) != nil || e.Error == "" {
-			e.Error = fmt.Sprintf("server answered %s", resp.Status)
-		}
-		return &Error{Status: resp.StatusCode, Message: e.Error, Code: e.Code}
+		return errorFrom(resp, data)
 	}
 	if out == nil {
 		return nil
@@ -98,6 +94,15 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		return fmt.Errorf("decode server answer: %w", err)
 	}
 	return nil
+}
+
+// errorFrom builds the error for a non-2xx answer from its JSON body.
+func errorFrom(resp *http.Response, body []byte) *Error {
+	var e apiv1.Error
+	if json.Unmarshal(body, &e) != nil || e.Error == "" {
+		e.Error = "server answered " + resp.Status
+	}
+	return &Error{Status: resp.StatusCode, Message: e.Error, Code: e.Code}
 }
 
 // unwrapDialError turns "Get http://admin.sock/...: dial unix ...: connect:
@@ -283,11 +288,7 @@ func (c *Client) Watch(ctx context.Context) (*WatchStream, error) {
 	if resp.StatusCode != http.StatusOK {
 		defer resp.Body.Close()
 		data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-		var e apiv1.Error
-		if json.Unmarshal(data, &e) != nil || e.Error == "" {
-			e.Error = "server answered " + resp.Status
-		}
-		return nil, &Error{Status: resp.StatusCode, Message: e.Error}
+		return nil, errorFrom(resp, data)
 	}
 	dec := json.NewDecoder(resp.Body)
 	return &WatchStream{body: resp.Body, dec: dec}, nil

@@ -58,11 +58,7 @@ func AttestX509PoP(ctx context.Context, addr string, cfg *tls.Config, csr []byte
 		return out, err
 	}
 	if resp.StatusCode != http.StatusOK {
-		var e apiv1.Error
-		if json.Unmarshal(data, &e) != nil || e.Error == "" {
-			e.Error = "server answered " + resp.Status
-		}
-		return out, &Error{Status: resp.StatusCode, Message: e.Error, Code: e.Code}
+		return out, errorFrom(resp, data)
 	}
 	if err := json.Unmarshal(data, &out); err != nil {
 		return out, fmt.Errorf("decode attestation answer: %w", err)
