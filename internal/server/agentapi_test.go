@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bufio"
 	"context"
 	"crypto"
 	"crypto/rand"
@@ -247,4 +248,44 @@ func TestWatchAcrossReplicas(t *testing.T) {
 		t.Fatal(err)
 	}
 	nextState(t, w, hasEntry(e.ID))
+}
+
+// TestWatchOutlivesReadTimeout: the listener's read timeout guards request
+// bodies; a watch stream must not be cut by it, over HTTP/2 (the agent's)
+// or HTTP/1.1.
+func TestWatchOutlivesReadTimeout(t *testing.T) {
+	ts := startServerWith(t, func(s *Settings) {
+		s.ReadTimeout = 300 * time.Millisecond
+		s.WatchHeartbeat = 100 * time.Millisecond
+	})
+	_, _, svid, key := ts.attest(t)
+	cert, err := identity.TLSCertificate(svid.Chain, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, proto := range []string{"h2", "http/1.1"} {
+		t.Run(proto, func(t *testing.T) {
+			cfg := identity.ClientTLSConfig(func() (*tls.Certificate, error) { return cert, nil }, ts.bundle(t), registry.ServerID(td))
+			tr := &http.Transport{TLSClientConfig: cfg, ForceAttemptHTTP2: proto == "h2"}
+			if proto != "h2" {
+				tr.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
+			}
+			defer tr.CloseIdleConnections()
+			resp, err := (&http.Client{Transport: tr}).Get("https://" + ts.Addr().String() + apiv1.PathAgentWatch)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			if got := resp.Proto; (proto == "h2") != (got == "HTTP/2.0") {
+				t.Fatalf("negotiated %s", got)
+			}
+			sc := bufio.NewScanner(resp.Body)
+			deadline := time.Now().Add(1500 * time.Millisecond) // five read timeouts
+			for time.Now().Before(deadline) {
+				if !sc.Scan() {
+					t.Fatalf("watch stream cut with %s to go: %v", time.Until(deadline), sc.Err())
+				}
+			}
+		})
+	}
 }

@@ -29,6 +29,7 @@ const (
 	defaultBundleRefresh  = 5 * time.Second
 	defaultWatchPoll      = 200 * time.Millisecond
 	defaultWatchHeartbeat = 10 * time.Second
+	defaultReadTimeout    = 30 * time.Second
 	maxUnixSocketPath     = 107 // sun_path minus the terminating NUL
 )
 
@@ -150,6 +151,9 @@ type Settings struct {
 	WatchPoll time.Duration
 	// WatchHeartbeat is how often an idle watch stream says it is alive.
 	WatchHeartbeat time.Duration
+	// ReadTimeout bounds reading a request on the TLS listener (watch
+	// streams lift it for themselves).
+	ReadTimeout time.Duration
 	// Warnings are non-fatal observations (e.g. SVIDs cut short by the CA).
 	Warnings []string
 }
@@ -171,6 +175,7 @@ func (c Config) Resolve() (Settings, error) {
 		BundleRefresh:  defaultBundleRefresh,
 		WatchPoll:      defaultWatchPoll,
 		WatchHeartbeat: defaultWatchHeartbeat,
+		ReadTimeout:    defaultReadTimeout,
 	}
 	var err error
 	durations := []struct {

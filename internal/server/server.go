@@ -150,7 +150,7 @@ func (s *Server) Run(ctx context.Context) error {
 		ReadHeaderTimeout: 10 * time.Second,
 		// Bounds reading a request (headers and body) so a slow client
 		// cannot hold the unauthenticated attestation endpoint open.
-		ReadTimeout: 30 * time.Second,
+		ReadTimeout: s.set.ReadTimeout,
 		IdleTimeout: 2 * time.Minute,
 		ErrorLog:    slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}

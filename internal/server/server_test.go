@@ -45,6 +45,17 @@ type testServer struct {
 // says otherwise) until the test ends.
 func startServer(t *testing.T, mutate func(*Config)) *testServer {
 	t.Helper()
+	return startServerFull(t, mutate, nil)
+}
+
+// startServerWith tunes the resolved settings (timeouts, intervals).
+func startServerWith(t *testing.T, tune func(*Settings)) *testServer {
+	t.Helper()
+	return startServerFull(t, nil, tune)
+}
+
+func startServerFull(t *testing.T, mutate func(*Config), tune func(*Settings)) *testServer {
+	t.Helper()
 	dir := t.TempDir()
 	cfg := Config{DataDir: dir, Listen: "127.0.0.1:0", MetricsAddr: "127.0.0.1:0"}
 	if mutate != nil {
@@ -53,6 +64,9 @@ func startServer(t *testing.T, mutate func(*Config)) *testServer {
 	set, err := cfg.Resolve()
 	if err != nil {
 		t.Fatal(err)
+	}
+	if tune != nil {
+		tune(&set)
 	}
 	srv := New(set, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	ctx, cancel := context.WithCancel(context.Background())
