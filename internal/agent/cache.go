@@ -3,8 +3,8 @@ package agent
 import (
 	"crypto"
 	"crypto/sha256"
-	"encoding/hex"
 	"crypto/x509"
+	"encoding/hex"
 	"sort"
 	"sync"
 	"sync/atomic"

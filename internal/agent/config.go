@@ -3,7 +3,6 @@ package agent
 import (
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -45,7 +44,7 @@ type Config struct {
 	// ResyncInterval is the full resync safety net on top of the watch
 	// stream.
 	ResyncInterval configfile.Duration `yaml:"resync_interval"`
-	SDS            SDSConfig       `yaml:"sds"`
+	SDS            SDSConfig           `yaml:"sds"`
 }
 
 // X509PoPConfig is the node certificate and key for x509pop attestation.
@@ -133,8 +132,8 @@ func (c Config) Resolve() (Settings, error) {
 	}
 	if s.Server == "" {
 		add("server is required (HOST:PORT of trustmesh server's listener)")
-	} else if _, _, err := net.SplitHostPort(s.Server); err != nil {
-		add("server %q: %v", s.Server, err)
+	} else if err := configfile.CheckHostPort("server", s.Server); err != nil {
+		errs = append(errs, err)
 	}
 	if s.TrustBundle == "" {
 		add("trust_bundle is required (PEM file with the server's trust bundle: trustmesh bundle show > bundle.pem)")
@@ -175,20 +174,11 @@ func (c Config) Resolve() (Settings, error) {
 		add("socket %q: path is %d bytes, unix sockets allow at most %d", s.Socket, len(s.Socket), maxUnixSocketPathAgent)
 	}
 	if s.MetricsAddr != "" {
-		if _, _, err := net.SplitHostPort(s.MetricsAddr); err != nil {
-			add("metrics_addr %q: %v", s.MetricsAddr, err)
+		if err := configfile.CheckHostPort("metrics_addr", s.MetricsAddr); err != nil {
+			errs = append(errs, err)
 		}
 	}
-	switch s.LogLevel {
-	case "debug", "info", "warn", "error":
-	default:
-		add("log_level %q: want debug, info, warn or error", c.LogLevel)
-	}
-	switch s.LogFormat {
-	case "text", "json":
-	default:
-		add("log_format %q: want text or json", c.LogFormat)
-	}
+	errs = append(errs, configfile.CheckLogging(s.LogLevel, s.LogFormat)...)
 	if s.SVIDName == s.BundleName {
 		add("sds: default_svid_name and default_bundle_name must differ")
 	}

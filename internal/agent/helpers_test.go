@@ -73,7 +73,9 @@ func startServer(t *testing.T, dir, listen string, mutate func(*server.Config)) 
 	return ts
 }
 
-func (ts *testServer) srvTD() spiffeid.TrustDomain { return spiffeid.RequireTrustDomainFromString("example.org") }
+func (ts *testServer) srvTD() spiffeid.TrustDomain {
+	return spiffeid.RequireTrustDomainFromString("example.org")
+}
 
 func (ts *testServer) stop() {
 	if ts.cancel == nil {
@@ -198,4 +200,3 @@ func eventually(t *testing.T, within time.Duration, what string, cond func() boo
 		time.Sleep(20 * time.Millisecond)
 	}
 }
-

@@ -20,7 +20,6 @@ import (
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-
 )
 
 // fetchOnce opens a fresh FetchX509SVID stream and returns its first
@@ -289,7 +288,6 @@ func TestEvictedAndBannedAgents(t *testing.T) {
 	}
 	waitExit(t, done2, ErrBanned)
 }
-
 
 // TestEvictedWhileStopped: an agent evicted while it was down learns it
 // when it reconnects (the refusal at connect time, not a pushed event).

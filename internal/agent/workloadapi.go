@@ -120,6 +120,18 @@ func (w *workloads) stream(ctx context.Context, method string, build func(*Snaps
 	}
 }
 
+// open starts a stream call: the security header, then the caller's
+// selectors; the outcome is counted.
+func (w *workloads) open(ctx context.Context, method string) (map[string]struct{}, error) {
+	if err := checkSecurityHeader(ctx); err != nil {
+		w.count(method, err)
+		return nil, err
+	}
+	sels, _, err := w.selectors(ctx)
+	w.count(method, err)
+	return sels, err
+}
+
 func (w *workloads) count(method string, err error) {
 	w.metrics.requests.WithLabelValues(method, status.Code(err).String()).Inc()
 }
@@ -136,16 +148,10 @@ func concatDER(ders [][]byte) []byte {
 
 func (w *workloadAPI) FetchX509SVID(_ *workload.X509SVIDRequest, s grpc.ServerStreamingServer[workload.X509SVIDResponse]) error {
 	ctx := s.Context()
-	if err := checkSecurityHeader(ctx); err != nil {
-		w.count("FetchX509SVID", err)
-		return err
-	}
-	sels, _, err := w.selectors(ctx)
+	sels, err := w.open(ctx, "FetchX509SVID")
 	if err != nil {
-		w.count("FetchX509SVID", err)
 		return err
 	}
-	w.count("FetchX509SVID", nil)
 	return w.stream(ctx, "FetchX509SVID", func(snap *Snapshot) (proto.Message, error) {
 		matched, svids := snap.Match(sels)
 		if !matched {
@@ -178,16 +184,10 @@ func bundleDER(snap *Snapshot) []byte {
 
 func (w *workloadAPI) FetchX509Bundles(_ *workload.X509BundlesRequest, s grpc.ServerStreamingServer[workload.X509BundlesResponse]) error {
 	ctx := s.Context()
-	if err := checkSecurityHeader(ctx); err != nil {
-		w.count("FetchX509Bundles", err)
-		return err
-	}
-	sels, _, err := w.selectors(ctx)
+	sels, err := w.open(ctx, "FetchX509Bundles")
 	if err != nil {
-		w.count("FetchX509Bundles", err)
 		return err
 	}
-	w.count("FetchX509Bundles", nil)
 	return w.stream(ctx, "FetchX509Bundles", func(snap *Snapshot) (proto.Message, error) {
 		if matched, _ := snap.Match(sels); !matched {
 			return nil, errNoIdentity
@@ -201,16 +201,10 @@ func (w *workloadAPI) FetchX509Bundles(_ *workload.X509BundlesRequest, s grpc.Se
 
 func (w *workloadAPI) FetchJWTBundles(_ *workload.JWTBundlesRequest, s grpc.ServerStreamingServer[workload.JWTBundlesResponse]) error {
 	ctx := s.Context()
-	if err := checkSecurityHeader(ctx); err != nil {
-		w.count("FetchJWTBundles", err)
-		return err
-	}
-	sels, _, err := w.selectors(ctx)
+	sels, err := w.open(ctx, "FetchJWTBundles")
 	if err != nil {
-		w.count("FetchJWTBundles", err)
 		return err
 	}
-	w.count("FetchJWTBundles", nil)
 	return w.stream(ctx, "FetchJWTBundles", func(snap *Snapshot) (proto.Message, error) {
 		if matched, _ := snap.Match(sels); !matched {
 			return nil, errNoIdentity

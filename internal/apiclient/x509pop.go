@@ -65,4 +65,3 @@ func AttestX509PoP(ctx context.Context, addr string, cfg *tls.Config, csr []byte
 	}
 	return out, nil
 }
-

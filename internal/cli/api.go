@@ -383,4 +383,3 @@ change) as it arrives, until Ctrl-C. With -o json each update is one line.`,
 	conn.register(cmd)
 	return cmd
 }
-

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"time"
 
@@ -99,4 +100,34 @@ func (d Duration) Parse(key string, def time.Duration) (time.Duration, error) {
 		return def, fmt.Errorf("%s (line %d): invalid duration %q: want a value such as \"1h\" or \"90s\"", key, d.Line, d.Raw)
 	}
 	return v, nil
+}
+
+// CheckLogging validates the log_level and log_format values every role
+// accepts (already lowercased), returning one error per bad value.
+func CheckLogging(level, format string) []error {
+	var errs []error
+	switch level {
+	case "debug", "info", "warn", "error":
+	default:
+		errs = append(errs, fmt.Errorf("log_level %q: want debug, info, warn or error", level))
+	}
+	switch format {
+	case "text", "json":
+	default:
+		errs = append(errs, fmt.Errorf("log_format %q: want text or json", format))
+	}
+	return errs
+}
+
+// CheckHostPort validates a listen or dial address such as 127.0.0.1:8081
+// (an empty host means every interface, as net.Listen has it).
+func CheckHostPort(key, addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if err == nil && port == "" {
+		err = errors.New("missing port")
+	}
+	if err != nil {
+		return fmt.Errorf("%s %q: %v", key, addr, err)
+	}
+	return nil
 }

@@ -4,7 +4,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -208,12 +207,12 @@ func (c Config) Resolve() (Settings, error) {
 		add("trust_domain %q: give the bare name (%s), not a SPIFFE ID", c.TrustDomain, td.Name())
 	}
 	s.TrustDomain = td
-	if err := checkHostPort(s.Listen); err != nil {
-		add("listen %q: %v", s.Listen, err)
+	if err := configfile.CheckHostPort("listen", s.Listen); err != nil {
+		errs = append(errs, err)
 	}
 	if s.MetricsAddr != "" {
-		if err := checkHostPort(s.MetricsAddr); err != nil {
-			add("metrics_addr %q: %v", s.MetricsAddr, err)
+		if err := configfile.CheckHostPort("metrics_addr", s.MetricsAddr); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	if len(s.AdminSocket) > maxUnixSocketPath {
@@ -222,16 +221,7 @@ func (c Config) Resolve() (Settings, error) {
 	if _, _, err := sqlstore.ParseURL(s.Datastore); err != nil {
 		add("datastore: %v", err)
 	}
-	switch s.LogLevel {
-	case "debug", "info", "warn", "error":
-	default:
-		add("log_level %q: want debug, info, warn or error", c.LogLevel)
-	}
-	switch s.LogFormat {
-	case "text", "json":
-	default:
-		add("log_format %q: want text or json", c.LogFormat)
-	}
+	errs = append(errs, configfile.CheckLogging(s.LogLevel, s.LogFormat)...)
 	switch s.KeyManager {
 	case "disk", "memory":
 	default:
@@ -294,18 +284,6 @@ func (c Config) Resolve() (Settings, error) {
 		return s, errors.Join(errs...)
 	}
 	return s, nil
-}
-
-func checkHostPort(addr string) error {
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return err
-	}
-	if port == "" {
-		return errors.New("missing port")
-	}
-	_ = host // empty host means all interfaces, as net.Listen does
-	return nil
 }
 
 func orDefault(v, def string) string {

@@ -30,6 +30,7 @@ import (
 	"github.com/trustmesh/trustmesh/internal/store"
 	"github.com/trustmesh/trustmesh/internal/store/sqlstore"
 	"github.com/trustmesh/trustmesh/internal/telemetry"
+	"github.com/trustmesh/trustmesh/internal/unixsock"
 )
 
 // Server is one control-plane replica.
@@ -374,35 +375,8 @@ func (s *Server) bundlePEM() []byte {
 	return ca.EncodeCertificatesPEM(ders...)
 }
 
-// listenUnix opens the admin socket (mode 0600). A leftover socket file
-// from a crashed server is replaced; a live one is an error.
+// listenUnix opens the admin socket: mode 0600 in a 0700 directory (every
+// request is also checked with SO_PEERCRED).
 func listenUnix(path string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, fmt.Errorf("create admin socket directory: %w", err)
-	}
-	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-		c.Close()
-		return nil, fmt.Errorf("admin socket %s is in use: is another server running on this data dir?", path)
-	}
-	if fi, err := os.Lstat(path); err == nil {
-		if fi.Mode()&os.ModeSocket == 0 {
-			return nil, fmt.Errorf("admin socket path %s exists and is not a socket: refusing to remove it", path)
-		}
-		if err := os.Remove(path); err != nil {
-			return nil, fmt.Errorf("remove stale admin socket: %w", err)
-		}
-	}
-	// The socket is restricted right after creation (changing the umask
-	// instead would race with other goroutines creating files). Its
-	// directory is the 0700 data dir by default, and every request is also
-	// checked with SO_PEERCRED, which covers the moment in between.
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("listen on admin socket %s: %w", path, err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
-		return nil, err
-	}
-	return ln, nil
+	return unixsock.Listen(path, 0o700, 0o600)
 }

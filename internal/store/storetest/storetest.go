@@ -615,7 +615,10 @@ func testRevisions(t *testing.T, s store.Store) {
 	step("update entry", func() error { _, err := s.UpdateEntry(ctx(t), e); return err })
 	step("delete entry", func() error { _, err := s.DeleteEntry(ctx(t), "e1"); return err })
 	id := "spiffe://example.org/trustmesh/agent/x509pop/rev"
-	step("attest agent", func() error { _, err := s.AttestAgent(ctx(t), store.Agent{SPIFFEID: id, AttestationType: "x509pop"}, ""); return err })
+	step("attest agent", func() error {
+		_, err := s.AttestAgent(ctx(t), store.Agent{SPIFFEID: id, AttestationType: "x509pop"}, "")
+		return err
+	})
 	step("ban agent", func() error { _, err := s.BanAgent(ctx(t), id); return err })
 	step("evict agent", func() error { _, err := s.DeleteAgent(ctx(t), id); return err })
 	before, _ := rev()
