@@ -23,6 +23,9 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	if err := root.ExecuteContext(ctx); err != nil {
+		if errors.Is(err, errSilentFailure) {
+			return 1 // the command printed its own report
+		}
 		var ue *usageError
 		if errors.As(err, &ue) {
 			fmt.Fprintf(stderr, "Error: %v\nRun '%s --help' for usage.\n", ue.err, ue.cmd)
@@ -80,6 +83,7 @@ server's admin socket (or, with --server, to its mTLS listener).`,
 		newX509Cmd(),
 		newJWTCmd(),
 		newAPICmd(),
+		newPolicyCmd(),
 	)
 	return root
 }
