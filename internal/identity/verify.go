@@ -5,6 +5,7 @@ package identity
 
 import (
 	"crypto/x509"
+	"encoding/asn1"
 	"errors"
 	"fmt"
 	"slices"
@@ -19,9 +20,9 @@ import (
 // go-spiffe's checks (exactly one URI SAN holding a valid SPIFFE ID, leaf
 // not a CA and without keyCertSign or cRLSign, chain to the bundle of the
 // ID's trust domain) plus the X509-SVID rules go-spiffe leaves to the
-// caller: the leaf has digitalSignature, its ID has a path, and, when the
-// certificate restricts extended key usage, the usage needed here (usage)
-// is among them.
+// caller: the leaf has digitalSignature in a key usage extension marked
+// critical, its ID has a path, and, when the certificate restricts extended
+// key usage, the usage needed here (usage) is among them.
 func VerifyX509SVID(certs []*x509.Certificate, bundles x509bundle.Source, now time.Time, usage x509.ExtKeyUsage) (spiffeid.ID, error) {
 	if len(certs) == 0 {
 		return spiffeid.ID{}, errors.New("no certificate presented")
@@ -34,6 +35,9 @@ func VerifyX509SVID(certs []*x509.Certificate, bundles x509bundle.Source, now ti
 	if leaf.KeyUsage&x509.KeyUsageDigitalSignature == 0 {
 		return spiffeid.ID{}, errors.New("x509svid: leaf certificate lacks the digitalSignature key usage")
 	}
+	if !keyUsageCritical(leaf) {
+		return spiffeid.ID{}, errors.New("x509svid: leaf certificate's key usage extension is not marked critical")
+	}
 	if id.Path() == "" {
 		return spiffeid.ID{}, fmt.Errorf("x509svid: leaf SPIFFE ID %q has no path", id)
 	}
@@ -41,6 +45,18 @@ func VerifyX509SVID(certs []*x509.Certificate, bundles x509bundle.Source, now ti
 		return spiffeid.ID{}, fmt.Errorf("x509svid: leaf certificate's extended key usage does not allow %s", usageName(usage))
 	}
 	return id, nil
+}
+
+// oidKeyUsage is the key usage extension (RFC 5280, 4.2.1.3).
+var oidKeyUsage = asn1.ObjectIdentifier{2, 5, 29, 15}
+
+func keyUsageCritical(c *x509.Certificate) bool {
+	for _, ext := range c.Extensions {
+		if ext.Id.Equal(oidKeyUsage) {
+			return ext.Critical
+		}
+	}
+	return false
 }
 
 func usageName(u x509.ExtKeyUsage) string {

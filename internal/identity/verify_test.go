@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/asn1"
 	"errors"
 	"io"
 	"math/big"
@@ -97,7 +98,14 @@ func TestVerifyX509SVIDRules(t *testing.T) {
 		{name: "keyCertSign", mutate: func(c *x509.Certificate) { c.KeyUsage |= x509.KeyUsageCertSign }, want: "KeyCertSign"},
 		{name: "cRLSign", mutate: func(c *x509.Certificate) { c.KeyUsage |= x509.KeyUsageCRLSign }, want: "KeyCrlSign"},
 		{name: "no digitalSignature", mutate: func(c *x509.Certificate) { c.KeyUsage = x509.KeyUsageKeyEncipherment }, want: "digitalSignature"},
+		{name: "non-critical key usage", mutate: func(c *x509.Certificate) {
+			// digitalSignature (bit 0), as Go would encode it, but not critical.
+			ku, _ := asn1.Marshal(asn1.BitString{Bytes: []byte{0x80}, BitLength: 1})
+			c.ExtraExtensions = append(c.ExtraExtensions, pkix.Extension{Id: asn1.ObjectIdentifier{2, 5, 29, 15}, Critical: false, Value: ku})
+		}, want: "not marked critical"},
 		{name: "EKU without clientAuth", mutate: func(c *x509.Certificate) { c.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth} }, want: "client authentication"},
+		{name: "EKU without serverAuth", mutate: func(c *x509.Certificate) { c.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth} },
+			usage: x509.ExtKeyUsageServerAuth, want: "server authentication"},
 		{name: "untrusted CA", signer: other, want: "unknown authority"},
 		{name: "foreign trust domain", mutate: func(c *x509.Certificate) { c.URIs[0], _ = url.Parse("spiffe://other.org/w") }, want: "no X.509 bundle"},
 		{name: "expired", at: time.Now().Add(2 * time.Hour), want: "expired"},
