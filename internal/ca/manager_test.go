@@ -284,6 +284,19 @@ func TestLoadUpstreamErrors(t *testing.T) {
 	if _, err := LoadUpstream(keyFile, keyFile, ""); err == nil || !strings.Contains(err.Error(), "no PEM certificate") {
 		t.Errorf("key as cert: %v", err)
 	}
+	// A key others may read is refused, like ssh does; 0600 and 0400 pass.
+	for _, mode := range []os.FileMode{0o640, 0o604, 0o660, 0o644} {
+		os.Chmod(keyFile, mode)
+		if _, err := LoadUpstream(certFile, keyFile, ""); err == nil || !strings.Contains(err.Error(), "accessible by group or others") {
+			t.Errorf("key mode %04o: %v", mode, err)
+		}
+	}
+	for _, mode := range []os.FileMode{0o400, 0o600} {
+		os.Chmod(keyFile, mode)
+		if _, err := LoadUpstream(certFile, keyFile, ""); err != nil {
+			t.Errorf("key mode %04o: %v", mode, err)
+		}
+	}
 	_, _, otherRoot := writeUpstream(t, time.Now().Add(time.Hour))
 	bundle := filepath.Join(t.TempDir(), "bundle.pem")
 	os.WriteFile(bundle, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: otherRoot.Raw}), 0o600)

@@ -6,6 +6,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 
 	"github.com/trustmesh/trustmesh/internal/ca/keymanager"
@@ -34,7 +35,7 @@ func LoadUpstream(certFile, keyFile, bundleFile string) (*Upstream, error) {
 	if err != nil {
 		return nil, fmt.Errorf("upstream CA certificate %s: %w", certFile, err)
 	}
-	keyPEM, err := os.ReadFile(keyFile)
+	keyPEM, err := readPrivateFile(keyFile)
 	if err != nil {
 		return nil, fmt.Errorf("upstream CA key: %w", err)
 	}
@@ -61,6 +62,25 @@ func LoadUpstream(certFile, keyFile, bundleFile string) (*Upstream, error) {
 		return nil, err
 	}
 	return u, nil
+}
+
+// readPrivateFile reads a private key file, refusing (as ssh does) one
+// that group or others may read or write: a CA key anyone else can read
+// lets them mint identities.
+func readPrivateFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		return nil, fmt.Errorf("%s is accessible by group or others (mode %04o): refusing to use it; chmod 600 it", path, perm)
+	}
+	return io.ReadAll(f)
 }
 
 // IsRoot reports whether c is one of the upstream bundle's roots.
