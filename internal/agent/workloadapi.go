@@ -277,9 +277,18 @@ func (w *workloadAPI) ValidateJWTSVID(ctx context.Context, req *workload.Validat
 	if req.GetSvid() == "" {
 		return nil, status.Error(codes.InvalidArgument, "svid must be specified")
 	}
+	// Like every other call, only for workloads the agent has an identity
+	// for: the bundle and the claims are not for anyone who can connect.
+	sels, _, err := w.selectors(ctx)
+	if err != nil {
+		return nil, err
+	}
 	snap, err := w.waitSynced(ctx)
 	if err != nil {
 		return nil, err
+	}
+	if matched, _ := snap.Match(sels); !matched {
+		return nil, errNoIdentity
 	}
 	if snap.Bundle == nil {
 		return nil, status.Error(codes.Unavailable, "no trust bundle yet")

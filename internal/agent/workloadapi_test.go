@@ -15,6 +15,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	apiv1 "github.com/trustmesh/trustmesh/api/v1"
 )
 
 // TestGoSpiffeClients: go-spiffe's own workloadapi client, unchanged, gets
@@ -64,6 +66,9 @@ func TestGoSpiffeClients(t *testing.T) {
 	}
 	if _, err := client.ValidateJWTSVID(ctx, jwt.Marshal(), "someone-else"); status.Code(err) != codes.InvalidArgument {
 		t.Fatalf("validate for the wrong audience: %v", err)
+	}
+	if _, err := client.ValidateJWTSVID(ctx, "not-a-jwt", "spiffe://example.org/db"); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("validate garbage: %v", err)
 	}
 	jwtSrc, err := workloadapi.NewJWTSource(ctx, workloadapi.WithClientOptions(workloadapi.WithAddr(ta.addr())))
 	if err != nil {
@@ -124,8 +129,17 @@ func TestWorkloadAPIRules(t *testing.T) {
 	if _, err := c.FetchJWTSVID(withHeader(ctx), &workload.JWTSVIDRequest{Audience: []string{"a"}}); status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("JWT for a caller without an entry: %v", err)
 	}
-	if _, err := c.ValidateJWTSVID(withHeader(ctx), &workload.ValidateJWTSVIDRequest{Audience: "a", Svid: "not-a-jwt"}); status.Code(err) != codes.InvalidArgument {
-		t.Fatalf("validate garbage: %v", err)
+	// Validating is for workloads with an identity too, even with a JWT-SVID
+	// that is valid.
+	valid, err := ts.admin.MintJWT(ctx, apiv1.JWTMintRequest{SPIFFEID: "spiffe://example.org/someone-else", Audience: []string{"a"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.ValidateJWTSVID(withHeader(ctx), &workload.ValidateJWTSVIDRequest{Audience: "a", Svid: valid.Token}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("validate for a caller without an entry: %v", err)
+	}
+	if _, err := c.ValidateJWTSVID(withHeader(ctx), &workload.ValidateJWTSVIDRequest{Audience: "a"}); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("validate without svid: %v", err)
 	}
 	if _, err := c.ValidateJWTSVID(ctx, &workload.ValidateJWTSVIDRequest{Audience: "a", Svid: "x"}); status.Code(err) != codes.InvalidArgument {
 		t.Fatalf("validate without header: %v", err)
