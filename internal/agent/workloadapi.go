@@ -5,6 +5,7 @@ import (
 	"context"
 	"log/slog"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -320,9 +321,7 @@ type cachedJWT struct {
 func newJWTCache() *jwtCache { return &jwtCache{tokens: map[string]cachedJWT{}, now: time.Now} }
 
 func (c *jwtCache) get(ctx context.Context, n *node, entryID string, audience []string) (string, error) {
-	aud := append([]string(nil), audience...)
-	sort.Strings(aud)
-	key := entryID + "\x00" + strings.Join(aud, "\x00")
+	key := jwtCacheKey(entryID, audience)
 	now := c.now()
 	c.mu.Lock()
 	cached, ok := c.tokens[key]
@@ -344,4 +343,19 @@ func (c *jwtCache) get(ctx context.Context, n *node, entryID string, audience []
 	c.tokens[key] = cachedJWT{token: svid.Token, renewAt: halfLife(now, svid.ExpiresAt, 0), expiry: svid.ExpiresAt}
 	c.mu.Unlock()
 	return svid.Token, nil
+}
+
+// jwtCacheKey names an entry and a set of audiences. Audiences may hold any
+// character, so each part is length-prefixed: with a separator, ["a", "b"]
+// and ["a\x00b"] would share a token.
+func jwtCacheKey(entryID string, audience []string) string {
+	aud := append([]string(nil), audience...)
+	sort.Strings(aud)
+	var b strings.Builder
+	for _, s := range append([]string{entryID}, aud...) {
+		b.WriteString(strconv.Itoa(len(s)))
+		b.WriteByte(':')
+		b.WriteString(s)
+	}
+	return b.String()
 }

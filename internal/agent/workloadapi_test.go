@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -82,6 +83,34 @@ func TestGoSpiffeClients(t *testing.T) {
 	again, err := client.FetchJWTSVID(ctx, jwtsvid.Params{Audience: "spiffe://example.org/db"})
 	if err != nil || again.Marshal() != jwt.Marshal() {
 		t.Fatalf("second JWT fetch: %v", err)
+	}
+}
+
+// TestJWTCacheAudiencesDoNotCollide: audience sets that would join to the
+// same string each get their own JWT-SVID from the agent's cache.
+func TestJWTCacheAudiencesDoNotCollide(t *testing.T) {
+	ts := startServer(t, "", "", nil)
+	set, agentID := agentSettings(t, ts)
+	ts.entry(t, "spiffe://example.org/ns/default/sa/api", agentID, 0, uidSelector())
+	ta := startAgent(t, set)
+	c := rawClient(t, ta)
+	ctx := withHeader(ctxT(t))
+	for _, aud := range [][]string{{"x", "y"}, {"x\x00y"}, {"x\x00", "y"}, {"x", "\x00y"}, {"y", "x"}} {
+		resp, err := c.FetchJWTSVID(ctx, &workload.JWTSVIDRequest{Audience: aud})
+		if err != nil {
+			t.Fatalf("FetchJWTSVID(%q): %v", aud, err)
+		}
+		tok, err := jwtsvid.ParseInsecure(resp.Svids[0].Svid, aud)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := append([]string(nil), tok.Audience...)
+		want := append([]string(nil), aud...)
+		slices.Sort(got)
+		slices.Sort(want)
+		if !slices.Equal(got, want) {
+			t.Fatalf("asked for audience %q, got a JWT-SVID for %q", aud, tok.Audience)
+		}
 	}
 }
 
