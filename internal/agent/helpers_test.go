@@ -41,6 +41,14 @@ func testLog(t *testing.T) *slog.Logger {
 // (127.0.0.1:0 if empty).
 func startServer(t *testing.T, dir, listen string, mutate func(*server.Config)) *testServer {
 	t.Helper()
+	return startServerTuned(t, dir, listen, mutate, nil)
+}
+
+// startServerTuned is startServer with tune applied last to the resolved
+// settings (which otherwise poll for changes every 50ms, to keep tests
+// fast).
+func startServerTuned(t *testing.T, dir, listen string, mutate func(*server.Config), tune func(*server.Settings)) *testServer {
+	t.Helper()
 	if dir == "" {
 		dir = t.TempDir()
 	}
@@ -56,6 +64,9 @@ func startServer(t *testing.T, dir, listen string, mutate func(*server.Config)) 
 		t.Fatal(err)
 	}
 	set.WatchPoll = 50 * time.Millisecond
+	if tune != nil {
+		tune(&set)
+	}
 	srv := server.New(set, testLog(t))
 	ctx, cancel := context.WithCancel(context.Background())
 	ts := &testServer{srv: srv, dir: dir, cancel: cancel, done: make(chan error, 1)}

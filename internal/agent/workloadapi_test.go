@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	apiv1 "github.com/trustmesh/trustmesh/api/v1"
+	"github.com/trustmesh/trustmesh/internal/server"
 )
 
 // TestGoSpiffeClients: go-spiffe's own workloadapi client, unchanged, gets
@@ -226,6 +227,114 @@ func TestEntryChangesArePushed(t *testing.T) {
 	}
 	if n := ta.metrics.syncs.WithLabelValues("resync"); testutilCount(n) != 0 {
 		t.Fatal("a resync ran: the changes may not have come from the watch stream")
+	}
+}
+
+// recvX509 receives a stream's messages on a channel until the stream
+// ends.
+func recvX509(ctx context.Context, stream grpc.ServerStreamingClient[workload.X509SVIDResponse]) <-chan *workload.X509SVIDResponse {
+	out := make(chan *workload.X509SVIDResponse)
+	go func() {
+		defer close(out)
+		for {
+			resp, err := stream.Recv()
+			if err != nil {
+				return
+			}
+			select {
+			case out <- resp:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return out
+}
+
+// waitForSVID waits until a message on msgs carries id, failing at
+// deadline, and returns when it arrived.
+func waitForSVID(t *testing.T, msgs <-chan *workload.X509SVIDResponse, id string, deadline time.Time) time.Time {
+	t.Helper()
+	timer := time.NewTimer(time.Until(deadline))
+	defer timer.Stop()
+	for {
+		select {
+		case resp, ok := <-msgs:
+			if !ok {
+				t.Fatalf("stream ended before %s arrived", id)
+			}
+			for _, s := range resp.Svids {
+				if s.SpiffeId == id {
+					return time.Now()
+				}
+			}
+		case <-timer.C:
+			t.Fatalf("%s did not reach the workload stream by the deadline", id)
+		}
+	}
+}
+
+// TestPushedEntryReachesStreamWithin1s: with the server's default watch
+// poll and the resync out of the way, an entry created while a workload is
+// connected reaches its stream in under a second. (The acceptance bound for
+// push, not a performance target: the poll alone is 200ms.)
+func TestPushedEntryReachesStreamWithin1s(t *testing.T) {
+	defaults, err := server.Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0"}.Resolve()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := startServerTuned(t, "", "", nil, func(s *server.Settings) { s.WatchPoll = defaults.WatchPoll })
+	set, agentID := agentSettings(t, ts)
+	set.ResyncInterval = time.Hour
+	first := ts.entry(t, "spiffe://example.org/first", agentID, 0, uidSelector())
+	ta := startAgent(t, set)
+	ctx := ctxT(t)
+	stream, err := rawClient(t, ta).FetchX509SVID(withHeader(ctx), &workload.X509SVIDRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgs := recvX509(ctx, stream)
+	waitForSVID(t, msgs, first.SPIFFEID, time.Now().Add(30*time.Second))
+
+	start := time.Now()
+	second := ts.entry(t, "spiffe://example.org/second", agentID, 0, uidSelector())
+	// Wait past the bound, so a slow push is measured rather than cut off.
+	elapsed := waitForSVID(t, msgs, second.SPIFFEID, start.Add(10*time.Second)).Sub(start)
+	if elapsed > time.Second {
+		t.Fatalf("the new entry reached the workload after %s, want under 1s", elapsed)
+	}
+	t.Logf("entry created to SVID on the workload stream: %s", elapsed)
+	if n := testutilCount(ta.metrics.syncs.WithLabelValues("resync")); n != 0 {
+		t.Fatal("a resync ran: the change may not have come from the watch stream")
+	}
+}
+
+// TestResyncDeliversWhatTheWatchMissed: the server polls for changes only
+// hourly, so its watch stream never carries the new entry; the agent's
+// periodic full resync must.
+func TestResyncDeliversWhatTheWatchMissed(t *testing.T) {
+	ts := startServerTuned(t, "", "", nil, func(s *server.Settings) { s.WatchPoll = time.Hour })
+	set, agentID := agentSettings(t, ts)
+	set.ResyncInterval = time.Second
+	first := ts.entry(t, "spiffe://example.org/first", agentID, 0, uidSelector())
+	ta := startAgent(t, set)
+	ctx := ctxT(t)
+	stream, err := rawClient(t, ta).FetchX509SVID(withHeader(ctx), &workload.X509SVIDRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgs := recvX509(ctx, stream)
+	waitForSVID(t, msgs, first.SPIFFEID, time.Now().Add(30*time.Second))
+
+	watched := testutilCount(ta.metrics.syncs.WithLabelValues("watch"))
+	resynced := testutilCount(ta.metrics.syncs.WithLabelValues("resync"))
+	second := ts.entry(t, "spiffe://example.org/second", agentID, 0, uidSelector())
+	waitForSVID(t, msgs, second.SPIFFEID, time.Now().Add(15*time.Second))
+	if n := testutilCount(ta.metrics.syncs.WithLabelValues("resync")); n <= resynced || n <= 0 {
+		t.Fatalf("resync metric %v (was %v before the change): the entry did not come from a resync", n, resynced)
+	}
+	if n := testutilCount(ta.metrics.syncs.WithLabelValues("watch")); n != watched {
+		t.Fatalf("the watch stream delivered a state (%v, was %v): it did not miss the change", n, watched)
 	}
 }
 
