@@ -84,8 +84,12 @@ func (s *Set) evaluate(ctx context.Context, in *Input, explain bool) Decision {
 	if err != nil {
 		return Decision{Rule: -1, Reason: "request path rejected: " + err.Error(), Err: err}
 	}
+	ns := in.Destination.Namespace
+	if ns == "" {
+		ns = s.opts.DefaultNamespace
+	}
 	var buf [16]*compiledPolicy
-	list := s.applicable(buf[:0], in.Destination.Namespace, in.Destination.Labels)
+	list := s.applicable(buf[:0], ns, in.Destination.Labels)
 	return s.decide(ctx, list, &a, explain)
 }
 

@@ -46,8 +46,10 @@ func NormalizePath(p string) (string, error) {
 	if p[0] != '/' && p[0] != '\\' && p[0] != '%' {
 		return "", ErrPathNotOrigin
 	}
-	if clean, err := isNormal(p); err != nil || clean {
-		return p, err
+	if clean, err := isNormal(p); err != nil {
+		return "", err
+	} else if clean {
+		return p, nil
 	}
 	// Pass 1: decode and turn backslashes into slashes.
 	buf := make([]byte, 0, len(p))
