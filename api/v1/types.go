@@ -177,6 +177,21 @@ type JWTSVID struct {
 	ExpiresAt time.Time `json:"expires_at"`
 }
 
+// TrustBundle is the trust bundle as `bundle show -o json` prints it.
+type TrustBundle struct {
+	TrustDomain     string         `json:"trust_domain"`
+	SequenceNumber  uint64         `json:"sequence_number"`
+	RefreshHint     int64          `json:"refresh_hint"`     // seconds
+	X509Authorities []string       `json:"x509_authorities"` // one PEM certificate each
+	JWTAuthorities  []JWTAuthority `json:"jwt_authorities"`  // by key ID
+}
+
+// JWTAuthority is a JWT-SVID signing key of the bundle.
+type JWTAuthority struct {
+	KeyID     string `json:"key_id"`
+	PublicKey string `json:"public_key"` // PEM, PKIX
+}
+
 // AttestRequest is a node agent's first contact: proof of identity (a join
 // token or an x509pop proof) and a CSR for its own SVID.
 type AttestRequest struct {

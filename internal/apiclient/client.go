@@ -124,6 +124,15 @@ func (c *Client) Health(ctx context.Context) error {
 	return c.do(ctx, http.MethodGet, apiv1.PathHealth, nil, nil)
 }
 
+// TrustDomain asks the server for its trust domain.
+func (c *Client) TrustDomain(ctx context.Context) (string, error) {
+	var out struct {
+		TrustDomain string `json:"trust_domain"`
+	}
+	err := c.do(ctx, http.MethodGet, apiv1.PathHealth, nil, &out)
+	return out.TrustDomain, err
+}
+
 // CreateEntry creates a registration entry.
 func (c *Client) CreateEntry(ctx context.Context, in apiv1.EntryCreate) (apiv1.Entry, error) {
 	var out apiv1.Entry

@@ -10,10 +10,13 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	apiv1 "github.com/trustmesh/trustmesh/api/v1"
 	"github.com/trustmesh/trustmesh/internal/apiclient"
@@ -170,14 +173,30 @@ func newBundleCmd() *cobra.Command {
 		Short: "Print the trust bundle as PEM or as a SPIFFE bundle (JWKS)",
 		Long: `Print the trust bundle: the X.509 authorities as PEM (--format pem, the default),
 or the SPIFFE bundle (--format spiffe): a JWKS holding the X.509 authorities
-and the JWT-SVID signing keys with their key IDs.`,
-		Example: "  trustmesh bundle show > bundle.pem\n  trustmesh bundle show --format spiffe | jq .",
+and the JWT-SVID signing keys with their key IDs.
+
+With -o json (instead of --format), one JSON object with stable field names:
+  {"trust_domain": "example.org", "sequence_number": 3, "refresh_hint": 300,
+   "x509_authorities": ["-----BEGIN CERTIFICATE-----\n…"],
+   "jwt_authorities": [{"key_id": "…", "public_key": "-----BEGIN PUBLIC KEY-----\n…"}]}
+refresh_hint is in seconds; jwt_authorities are sorted by key_id.`,
+		Example: "  trustmesh bundle show > bundle.pem\n  trustmesh bundle show --format spiffe | jq .\n  trustmesh bundle show -o json | jq -r '.x509_authorities[]'",
 		Args:    noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if format != "pem" && format != "spiffe" {
 				return usageErrorf(cmd, "--format %q: want pem or spiffe", format)
 			}
+			if conn.out.json() && cmd.Flags().Changed("format") {
+				return usageErrorf(cmd, "--format and -o json are exclusive")
+			}
 			return conn.call(cmd, func(c *apiclient.Client) error {
+				if conn.out.json() {
+					b, err := trustBundle(cmd, c)
+					if err != nil {
+						return err
+					}
+					return printJSON(cmd.OutOrStdout(), b)
+				}
 				data, err := c.Bundle(cmd.Context(), format)
 				if err != nil {
 					return err
@@ -188,9 +207,47 @@ and the JWT-SVID signing keys with their key IDs.`,
 		},
 	}
 	show.Flags().StringVar(&format, "format", "pem", "pem or spiffe")
-	conn.register(show, false)
+	conn.register(show, true)
 	cmd.AddCommand(show)
 	return cmd
+}
+
+// trustBundle fetches the SPIFFE bundle and the trust domain it is for.
+func trustBundle(cmd *cobra.Command, c *apiclient.Client) (apiv1.TrustBundle, error) {
+	name, err := c.TrustDomain(cmd.Context())
+	if err != nil {
+		return apiv1.TrustBundle{}, err
+	}
+	td, err := spiffeid.TrustDomainFromString(name)
+	if err != nil {
+		return apiv1.TrustBundle{}, fmt.Errorf("server trust domain %q: %w", name, err)
+	}
+	data, err := c.Bundle(cmd.Context(), "spiffe")
+	if err != nil {
+		return apiv1.TrustBundle{}, err
+	}
+	sb, err := spiffebundle.Parse(td, data)
+	if err != nil {
+		return apiv1.TrustBundle{}, fmt.Errorf("parse the server's bundle: %w", err)
+	}
+	out := apiv1.TrustBundle{TrustDomain: td.Name(), X509Authorities: []string{}, JWTAuthorities: []apiv1.JWTAuthority{}}
+	out.SequenceNumber, _ = sb.SequenceNumber()
+	hint, _ := sb.RefreshHint()
+	out.RefreshHint = int64(hint / time.Second)
+	for _, cert := range sb.X509Authorities() {
+		out.X509Authorities = append(out.X509Authorities, string(ca.EncodeCertificatesPEM(cert.Raw)))
+	}
+	for kid, key := range sb.JWTAuthorities() {
+		der, err := x509.MarshalPKIXPublicKey(key)
+		if err != nil {
+			return apiv1.TrustBundle{}, fmt.Errorf("JWT authority %q: %w", kid, err)
+		}
+		out.JWTAuthorities = append(out.JWTAuthorities, apiv1.JWTAuthority{
+			KeyID: kid, PublicKey: string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})),
+		})
+	}
+	slices.SortFunc(out.JWTAuthorities, func(a, b apiv1.JWTAuthority) int { return strings.Compare(a.KeyID, b.KeyID) })
+	return out, nil
 }
 
 func newX509Cmd() *cobra.Command {

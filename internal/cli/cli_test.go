@@ -42,3 +42,29 @@ func TestUsageErrorsExit2(t *testing.T) {
 		t.Fatalf("--server without credentials: exit %d: %s", code, errOut.String())
 	}
 }
+
+// TestAdminCommandsHaveJSONOutput: every admin command (one with the
+// admin connection flags) takes -o json; server healthcheck, a probe,
+// answers with its exit code.
+func TestAdminCommandsHaveJSONOutput(t *testing.T) {
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		admin := c.Flags().Lookup("admin-socket") != nil && c.Flags().Lookup("svid") != nil
+		if admin && c.CommandPath() != "trustmesh server healthcheck" {
+			if o := c.Flags().Lookup("output"); o == nil || o.Shorthand != "o" {
+				t.Errorf("%s talks to the admin API but has no -o/--output", c.CommandPath())
+			}
+		}
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+	}
+	walk(NewRoot())
+}
+
+func TestBundleShowJSONExcludesFormat(t *testing.T) {
+	var out, errOut bytes.Buffer
+	if code := Main([]string{"bundle", "show", "-o", "json", "--format", "pem", "--admin-socket", "/nonexistent"}, &out, &errOut); code != 2 || !strings.Contains(errOut.String(), "exclusive") {
+		t.Fatalf("-o json with --format: exit %d: %s", code, errOut.String())
+	}
+}

@@ -1,7 +1,10 @@
 package e2e
 
 import (
+	"crypto"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"os"
 	"path/filepath"
 	"strings"
@@ -118,6 +121,52 @@ func TestQuickStart(t *testing.T) {
 	sb, err := spiffebundle.Parse(td, []byte(mustRun(t, with("bundle", "show", "--format", "spiffe")...)))
 	if err != nil || len(sb.JWTAuthorities()) != 1 || len(sb.X509Authorities()) != 1 {
 		t.Fatalf("bundle spiffe: %v", err)
+	}
+
+	// -o json: stable field names, the same authorities.
+	var bj struct {
+		TrustDomain     string   `json:"trust_domain"`
+		SequenceNumber  uint64   `json:"sequence_number"`
+		RefreshHint     int64    `json:"refresh_hint"`
+		X509Authorities []string `json:"x509_authorities"`
+		JWTAuthorities  []struct {
+			KeyID     string `json:"key_id"`
+			PublicKey string `json:"public_key"`
+		} `json:"jwt_authorities"`
+	}
+	bundleJSON := mustRun(t, with("bundle", "show", "-o", "json")...)
+	var fields map[string]any
+	if err := json.Unmarshal([]byte(bundleJSON), &fields); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"trust_domain", "sequence_number", "refresh_hint", "x509_authorities", "jwt_authorities"} {
+		if _, ok := fields[k]; !ok {
+			t.Errorf("bundle JSON lacks %s:\n%s", k, bundleJSON)
+		}
+	}
+	if err := json.Unmarshal([]byte(bundleJSON), &bj); err != nil {
+		t.Fatal(err)
+	}
+	seq, _ := sb.SequenceNumber()
+	if bj.TrustDomain != "example.org" || bj.SequenceNumber != seq || bj.RefreshHint <= 0 || len(bj.X509Authorities) != 1 || len(bj.JWTAuthorities) != 1 {
+		t.Fatalf("bundle JSON = %s", bundleJSON)
+	}
+	if bj.X509Authorities[0] != pemOut {
+		t.Errorf("bundle JSON's X.509 authority differs from the PEM bundle:\n%s", bj.X509Authorities[0])
+	}
+	block, _ := pem.Decode([]byte(bj.JWTAuthorities[0].PublicKey))
+	if block == nil || block.Type != "PUBLIC KEY" {
+		t.Fatalf("jwt_authorities[0].public_key is not a PEM public key: %q", bj.JWTAuthorities[0].PublicKey)
+	}
+	pub, err := x509.ParsePKIXPublicKey(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want, ok := sb.FindJWTAuthority(bj.JWTAuthorities[0].KeyID); !ok || !pub.(interface{ Equal(crypto.PublicKey) bool }).Equal(want) {
+		t.Errorf("jwt_authorities[0] (key_id %q) is not the SPIFFE bundle's JWT authority", bj.JWTAuthorities[0].KeyID)
+	}
+	if _, errOut, code := run(t, with("bundle", "show", "-o", "json", "--format", "spiffe")...); code != 2 || !strings.Contains(errOut, "exclusive") {
+		t.Errorf("bundle show -o json --format spiffe: exit %d %s", code, errOut)
 	}
 
 	// x509 mint writes the three files, the key 0600.
