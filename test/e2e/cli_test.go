@@ -234,6 +234,25 @@ func TestQuickStart(t *testing.T) {
 	}
 }
 
+// TestAdminSocketEnv: $TRUSTMESH_ADMIN_SOCKET is where admin commands go
+// without --admin-socket, and the flag wins over it.
+func TestAdminSocketEnv(t *testing.T) {
+	srv := startServer(t, filepath.Join(t.TempDir(), "server"))
+	env := func(sock string) []string { return []string{"TRUSTMESH_ADMIN_SOCKET=" + sock} }
+	for _, args := range [][]string{{"entry", "list"}, {"agent", "list"}, {"bundle", "show"}, {"server", "healthcheck"}} {
+		if out, errOut, code := runEnv(t, env(srv.socket), args...); code != 0 {
+			t.Errorf("%v with TRUSTMESH_ADMIN_SOCKET: exit %d\n%s%s", args, code, out, errOut)
+		}
+	}
+	bogus := filepath.Join(t.TempDir(), "nothing-here.sock")
+	if _, errOut, code := runEnv(t, env(bogus), "entry", "list"); code != 1 || !strings.Contains(errOut, bogus) {
+		t.Errorf("TRUSTMESH_ADMIN_SOCKET=%s: exit %d, %s", bogus, code, errOut)
+	}
+	if out, errOut, code := runEnv(t, env(bogus), "entry", "list", "--admin-socket", srv.socket); code != 0 {
+		t.Errorf("--admin-socket did not override the environment: exit %d\n%s%s", code, out, errOut)
+	}
+}
+
 func TestServerValidate(t *testing.T) {
 	dir := t.TempDir()
 	good := filepath.Join(dir, "good.yaml")
