@@ -84,6 +84,7 @@ server's admin socket (or, with --server, to its mTLS listener).`,
 		newJWTCmd(),
 		newAPICmd(),
 		newPolicyCmd(),
+		newProxyCmd(),
 	)
 	return root
 }

@@ -1,0 +1,159 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"sync"
+)
+
+// prefixConn replays bytes already read (the sniffed first byte) before
+// reading from the connection.
+type prefixConn struct {
+	net.Conn
+	prefix []byte
+}
+
+func (c *prefixConn) Read(p []byte) (int, error) {
+	if len(c.prefix) > 0 {
+		n := copy(p, c.prefix)
+		c.prefix = c.prefix[n:]
+		return n, nil
+	}
+	return c.Conn.Read(p)
+}
+
+// CloseWrite half-closes when the underlying connection can.
+func (c *prefixConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+// chanListener hands connections the proxy has already accepted, sniffed
+// and (for TLS) handshaken to an http.Server.
+type chanListener struct {
+	addr  net.Addr
+	conns chan net.Conn
+	done  chan struct{}
+	once  sync.Once
+}
+
+func newChanListener(addr net.Addr) *chanListener {
+	return &chanListener{addr: addr, conns: make(chan net.Conn), done: make(chan struct{})}
+}
+
+func (l *chanListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+// deliver passes c to the server; false if the listener is closed.
+func (l *chanListener) deliver(c net.Conn) bool {
+	select {
+	case l.conns <- c:
+		return true
+	case <-l.done:
+		return false
+	}
+}
+
+func (l *chanListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *chanListener) Addr() net.Addr { return l.addr }
+
+// pipe copies both ways until both directions end, half-closing each side
+// when the other finishes sending.
+func pipe(a, b net.Conn) {
+	var wg sync.WaitGroup
+	wg.Add(2)
+	cp := func(dst, src net.Conn) {
+		defer wg.Done()
+		_, _ = io.Copy(dst, src)
+		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
+			_ = cw.CloseWrite()
+		} else {
+			_ = dst.Close()
+		}
+	}
+	go cp(a, b)
+	go cp(b, a)
+	wg.Wait()
+	a.Close()
+	b.Close()
+}
+
+// handshakeReason classifies a failed inbound handshake for metrics.
+func handshakeReason(err error) string {
+	var pe *peerError
+	if errors.As(err, &pe) {
+		return pe.reason
+	}
+	var rhe tls.RecordHeaderError
+	if errors.As(err, &rhe) {
+		return "not_tls"
+	}
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return "timeout"
+	}
+	if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return "client_closed"
+	}
+	msg := err.Error()
+	switch {
+	case strings.Contains(msg, "didn't provide a certificate"):
+		return "no_client_certificate"
+	case strings.Contains(msg, "unsupported versions"), strings.Contains(msg, "protocol version"):
+		return "protocol_version"
+	case strings.Contains(msg, "bad certificate"), strings.Contains(msg, "unknown certificate"):
+		return "bad_certificate"
+	}
+	return "handshake"
+}
+
+// limitListener applies the proxy's connection limit to a listener whose
+// connections are served by an http.Server directly (outbound HTTP): the
+// slot is released when the connection closes.
+type limitListener struct {
+	net.Listener
+	p         *Proxy
+	direction string
+	name      string
+	ctx       context.Context
+}
+
+func (l *limitListener) Accept() (net.Conn, error) {
+	if !l.p.acquireConn(l.ctx, l.direction, l.name) {
+		return nil, net.ErrClosed
+	}
+	c, err := l.Listener.Accept()
+	if err != nil {
+		l.p.releaseConn(l.direction, l.name)
+		return nil, err
+	}
+	return &releasingConn{Conn: c, release: func() { l.p.releaseConn(l.direction, l.name) }}, nil
+}
+
+type releasingConn struct {
+	net.Conn
+	once    sync.Once
+	release func()
+}
+
+func (c *releasingConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.release)
+	return err
+}

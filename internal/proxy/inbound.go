@@ -1,0 +1,488 @@
+package proxy
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/netip"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/trustmesh/trustmesh/internal/policy"
+)
+
+// inbound terminates mTLS (or, where PeerAuthentication allows, plaintext)
+// in front of the application, authorizes every request or connection and
+// forwards what policy allows.
+type inbound struct {
+	p   *Proxy
+	l   Listener
+	ln  net.Listener
+	tls *tls.Config
+
+	// HTTP.
+	hl  *chanListener
+	srv *http.Server
+	rp  *httputil.ReverseProxy
+
+	// TCP.
+	tcpWG    sync.WaitGroup
+	tcpMu    sync.Mutex
+	tcpConns map[net.Conn]struct{}
+}
+
+func (p *Proxy) newInbound(l Listener, ln net.Listener) *inbound {
+	in := &inbound{p: p, l: l, ln: ln, tcpConns: map[net.Conn]struct{}{}}
+	alpn := []string{"h2", "http/1.1"}
+	if l.Protocol == ProtocolTCP {
+		alpn = nil
+	}
+	in.tls = p.id.serverTLS(p.trustDomains, alpn)
+	if l.Protocol == ProtocolHTTP {
+		in.hl = newChanListener(ln.Addr())
+		protocols := new(http.Protocols)
+		protocols.SetHTTP1(true)
+		protocols.SetHTTP2(true)
+		protocols.SetUnencryptedHTTP2(true) // plaintext gRPC on a PERMISSIVE port
+		in.srv = &http.Server{
+			Handler:           in,
+			ReadHeaderTimeout: p.set.HeaderReadTimeout,
+			IdleTimeout:       p.set.IdleTimeout,
+			MaxHeaderBytes:    p.set.MaxHeaderBytes,
+			Protocols:         protocols,
+			ErrorLog:          slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
+			ConnState: func(c net.Conn, s http.ConnState) {
+				if s == http.StateClosed || s == http.StateHijacked {
+					p.releaseConn("inbound", l.Name)
+				}
+			},
+		}
+		backend := &url.URL{Scheme: "http", Host: l.Forward}
+		tr := &http.Transport{
+			DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+			MaxIdleConns:        1024,
+			MaxIdleConnsPerHost: 1024,
+			IdleConnTimeout:     90 * time.Second,
+			DisableCompression:  true,
+		}
+		if l.H2C {
+			tr.Protocols = new(http.Protocols)
+			tr.Protocols.SetUnencryptedHTTP2(true)
+		}
+		in.rp = &httputil.ReverseProxy{
+			Rewrite:    func(pr *httputil.ProxyRequest) { in.rewrite(pr, backend) },
+			Transport:  tr,
+			BufferPool: bufferPool{},
+			ErrorLog:   slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
+			ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+				p.metrics.upstreamErrors.WithLabelValues(l.Name).Inc()
+				if !errors.Is(err, context.Canceled) {
+					p.log.Warn("application unreachable", "listener", l.Name, "forward", l.Forward, "err", err)
+				}
+				http.Error(w, "upstream unavailable", http.StatusBadGateway)
+			},
+		}
+	}
+	return in
+}
+
+// serve accepts until the listener closes.
+func (in *inbound) serve(ctx context.Context) error {
+	if in.srv != nil {
+		go func() { _ = in.srv.Serve(in.hl) }()
+	}
+	return acceptLoop(ctx, in.ln, in.p, "inbound", in.l.Name, in.handle)
+}
+
+// acceptLoop accepts connections within the proxy's connection limit.
+func acceptLoop(ctx context.Context, ln net.Listener, p *Proxy, direction, name string, handle func(context.Context, net.Conn)) error {
+	for {
+		if !p.acquireConn(ctx, direction, name) {
+			return nil
+		}
+		c, err := ln.Accept()
+		if err != nil {
+			p.releaseConn(direction, name)
+			if errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				time.Sleep(10 * time.Millisecond)
+				continue
+			}
+			return err
+		}
+		go handle(ctx, c)
+	}
+}
+
+// handle sniffs the connection: a TLS ClientHello is handshaken; plaintext
+// is served only where PeerAuthentication allows it (PERMISSIVE, DISABLE).
+func (in *inbound) handle(ctx context.Context, c net.Conn) {
+	handedOff := false
+	defer func() {
+		if !handedOff {
+			c.Close()
+			in.p.releaseConn("inbound", in.l.Name)
+		}
+	}()
+	_ = c.SetDeadline(time.Now().Add(in.p.set.HandshakeTimeout))
+	first := make([]byte, 1)
+	if _, err := io.ReadFull(c, first); err != nil {
+		return
+	}
+	pc := &prefixConn{Conn: c, prefix: first}
+	mode := in.p.engine.Set().MTLS(in.p.namespace, in.p.set.Labels, in.l.Port)
+	var conn net.Conn
+	if first[0] == 0x16 { // TLS handshake record
+		if !mode.Mode.AllowsMTLS() {
+			in.refuse(c, "tls_on_disabled_port", mode)
+			return
+		}
+		tc := tls.Server(pc, in.tls)
+		hctx, cancel := context.WithTimeout(ctx, in.p.set.HandshakeTimeout)
+		err := tc.HandshakeContext(hctx)
+		cancel()
+		if err != nil {
+			reason := handshakeReason(err)
+			in.p.metrics.handshakeErrors.WithLabelValues(reason).Inc()
+			in.p.log.Info("TLS handshake refused", "listener", in.l.Name, "peer", c.RemoteAddr().String(), "reason", reason, "err", err)
+			return
+		}
+		conn = tc
+	} else {
+		if !mode.Mode.AllowsPlaintext() {
+			in.refuse(c, "plaintext_rejected", mode)
+			return
+		}
+		conn = pc
+	}
+	_ = c.SetDeadline(time.Time{})
+	if in.l.Protocol == ProtocolTCP {
+		handedOff = true
+		in.tcpWG.Add(1)
+		go func() {
+			defer in.tcpWG.Done()
+			defer in.p.releaseConn("inbound", in.l.Name)
+			in.serveTCP(ctx, conn)
+		}()
+		return
+	}
+	if in.hl.deliver(conn) {
+		handedOff = true // the http.Server's ConnState releases it
+	}
+}
+
+func (in *inbound) refuse(c net.Conn, reason string, mode policy.MTLSDecision) {
+	in.p.metrics.handshakeErrors.WithLabelValues(reason).Inc()
+	in.p.log.Info("connection refused by PeerAuthentication", "listener", in.l.Name, "peer", c.RemoteAddr().String(),
+		"reason", reason, "mode", string(mode.Mode), "policy", mode.Policy, "scope", mode.Scope)
+}
+
+// peerOf returns the verified peer SPIFFE ID of a TLS connection ("" for
+// plaintext) and the leaf certificate.
+func peerOf(cs *tls.ConnectionState) (string, []byte) {
+	if cs == nil || len(cs.PeerCertificates) == 0 {
+		return "", nil
+	}
+	id, err := x509svid.IDFromCert(cs.PeerCertificates[0])
+	if err != nil {
+		return "", nil
+	}
+	return id.String(), cs.PeerCertificates[0].Raw
+}
+
+func addrOf(a net.Addr) netip.Addr {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		ip, _ := netip.AddrFromSlice(ta.IP)
+		return ip.Unmap()
+	}
+	if ap, err := netip.ParseAddrPort(a.String()); err == nil {
+		return ap.Addr().Unmap()
+	}
+	return netip.Addr{}
+}
+
+type ctxKey int
+
+// xfccKey carries the X-Forwarded-Client-Cert value to rewrite.
+const xfccKey ctxKey = 0
+
+// ServeHTTP authorizes one request and forwards it if allowed.
+func (in *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	p := in.p
+	principal, leaf := peerOf(r.TLS)
+	reqID := r.Header.Get("X-Request-Id")
+	if !validRequestID(reqID) {
+		reqID = uuid.NewString()
+	}
+	r.Header.Set("X-Request-Id", reqID)
+	self := p.id.ID().String()
+	pin := policy.Input{
+		Source:      policy.Peer{Principal: principal},
+		Destination: policy.Destination{Principal: self, Namespace: p.namespace, Labels: p.set.Labels, Port: in.l.Port},
+		Request:     &policy.Request{Method: r.Method, Path: r.RequestURI, Host: r.Host, Headers: r.Header},
+		Connection:  policy.Connection{MTLS: r.TLS != nil},
+	}
+	if ra, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
+		pin.Source.IP = ra.Addr().Unmap()
+	}
+	if la, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
+		pin.Destination.IP = addrOf(la)
+	}
+	if r.TLS != nil {
+		pin.Connection.SNI = r.TLS.ServerName
+	}
+	set := p.engine.Set()
+	d := set.Evaluate(r.Context(), &pin)
+	if !d.Allow {
+		d = set.Explain(r.Context(), &pin) // the full reason, for the audit log
+	}
+	rec := &decisionRecord{
+		RequestID: reqID, Direction: "inbound", Listener: in.l.Name, Protocol: ProtocolHTTP,
+		SourcePrincipal: principal, SourceIP: pin.Source.IP.String(), Destination: self, DestinationPort: in.l.Port,
+		Method: r.Method, Path: r.RequestURI, Host: r.Host, MTLS: r.TLS != nil, Authenticated: principal != "",
+	}
+	fillDecision(rec, d)
+	if !d.Allow {
+		status := http.StatusForbidden
+		body := "RBAC: access denied"
+		if d.Err != nil && policy.IsPathError(d.Err) {
+			status, body = http.StatusBadRequest, "Bad Request"
+		}
+		w.Header().Set("Content-Type", "text/plain")
+		w.Header().Set("X-Content-Type-Options", "nosniff")
+		w.WriteHeader(status)
+		_, _ = io.WriteString(w, body)
+		in.finish(rec, status, start, principal, self)
+		return
+	}
+	// Forward the path the policy matched, so the application sees what was
+	// authorized. The escaped form is kept (reserved characters stay
+	// encoded); RawPath carries it.
+	if np, err := policy.NormalizePath(r.RequestURI); err == nil && np != "*" {
+		if unescaped, err := url.PathUnescape(np); err == nil {
+			r.URL.Path, r.URL.RawPath = unescaped, np
+		}
+	}
+	if principal != "" {
+		sum := sha256.Sum256(leaf)
+		r = r.WithContext(context.WithValue(r.Context(), xfccKey, "By="+self+";Hash="+hex.EncodeToString(sum[:])+";URI="+principal))
+	}
+	sw := &statusWriter{ResponseWriter: w}
+	in.rp.ServeHTTP(sw, r)
+	in.finish(rec, sw.code(), start, principal, self)
+}
+
+func (in *inbound) finish(rec *decisionRecord, status int, start time.Time, principal, self string) {
+	elapsed := time.Since(start)
+	rec.Status = status
+	rec.LatencyMS = float64(elapsed.Microseconds()) / 1000
+	in.p.audit.write(rec)
+	in.p.metrics.requests.WithLabelValues(principal, self, strconv.Itoa(status), rec.Decision).Inc()
+	in.p.metrics.duration.WithLabelValues("inbound", in.l.Name).Observe(elapsed.Seconds())
+}
+
+func fillDecision(rec *decisionRecord, d policy.Decision) {
+	rec.Decision = "deny"
+	if d.Allow {
+		rec.Decision = "allow"
+	}
+	rec.Action = d.Action.String()
+	if d.Policy != "" {
+		p := d.Policy
+		rec.Policy = &p
+	}
+	if d.Rule >= 0 {
+		r := d.Rule
+		rec.Rule = &r
+	}
+	rec.Reason = d.Reason
+	for _, dr := range d.DryRun {
+		if dr.Matched {
+			rec.DryRun = append(rec.DryRun, dr.Policy)
+		}
+	}
+	rec.Audit = d.Audit
+}
+
+// rewrite prepares the request for the application: identity headers the
+// client sent are removed, then ours are set.
+func (in *inbound) rewrite(pr *httputil.ProxyRequest, backend *url.URL) {
+	pr.SetURL(backend)
+	pr.Out.Host = pr.In.Host
+	pr.SetXForwarded()
+	stripIdentityHeaders(pr.Out.Header, in.p.set.StripHeaders)
+	if xfcc, ok := pr.In.Context().Value(xfccKey).(string); ok {
+		pr.Out.Header.Set("X-Forwarded-Client-Cert", xfcc)
+	}
+}
+
+// stripIdentityHeaders removes X-Trustmesh-* and the configured headers
+// (which always include X-Forwarded-Client-Cert).
+func stripIdentityHeaders(h http.Header, strip []string) {
+	for k := range h {
+		if strings.HasPrefix(k, "X-Trustmesh-") {
+			delete(h, k)
+		}
+	}
+	for _, k := range strip {
+		delete(h, k)
+	}
+}
+
+// validRequestID accepts the IDs proxies and tracers generate (UUIDs,
+// hex, base64url): 1 to 128 of [A-Za-z0-9._-].
+func validRequestID(s string) bool {
+	if s == "" || len(s) > 128 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return false
+		}
+	}
+	return true
+}
+
+// serveTCP authorizes a connection (L4 policy) and pipes it to the
+// application.
+func (in *inbound) serveTCP(ctx context.Context, conn net.Conn) {
+	start := time.Now()
+	p := in.p
+	in.trackTCP(conn, true)
+	defer in.trackTCP(conn, false)
+	defer conn.Close()
+	var cs *tls.ConnectionState
+	if tc, ok := conn.(*tls.Conn); ok {
+		s := tc.ConnectionState()
+		cs = &s
+	}
+	principal, _ := peerOf(cs)
+	self := p.id.ID().String()
+	pin := policy.Input{
+		Source:      policy.Peer{Principal: principal, IP: addrOf(conn.RemoteAddr())},
+		Destination: policy.Destination{Principal: self, Namespace: p.namespace, Labels: p.set.Labels, Port: in.l.Port, IP: addrOf(conn.LocalAddr())},
+		Connection:  policy.Connection{MTLS: cs != nil},
+	}
+	if cs != nil {
+		pin.Connection.SNI = cs.ServerName
+	}
+	d := p.engine.Set().Explain(ctx, &pin)
+	rec := &decisionRecord{
+		RequestID: uuid.NewString(), Direction: "inbound", Listener: in.l.Name, Protocol: ProtocolTCP,
+		SourcePrincipal: principal, SourceIP: pin.Source.IP.String(), Destination: self, DestinationPort: in.l.Port,
+		MTLS: cs != nil, Authenticated: principal != "",
+	}
+	fillDecision(rec, d)
+	code := "0"
+	if !d.Allow {
+		code = "403"
+	}
+	p.metrics.requests.WithLabelValues(principal, self, code, rec.Decision).Inc()
+	if !d.Allow {
+		rec.LatencyMS = float64(time.Since(start).Microseconds()) / 1000
+		p.audit.write(rec)
+		return
+	}
+	var d2 net.Dialer
+	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	app, err := d2.DialContext(dctx, "tcp", in.l.Forward)
+	cancel()
+	rec.LatencyMS = float64(time.Since(start).Microseconds()) / 1000
+	p.audit.write(rec)
+	if err != nil {
+		p.metrics.upstreamErrors.WithLabelValues(in.l.Name).Inc()
+		p.log.Warn("application unreachable", "listener", in.l.Name, "forward", in.l.Forward, "err", err)
+		return
+	}
+	pipe(conn, app)
+	p.metrics.duration.WithLabelValues("inbound", in.l.Name).Observe(time.Since(start).Seconds())
+}
+
+func (in *inbound) trackTCP(c net.Conn, add bool) {
+	in.tcpMu.Lock()
+	defer in.tcpMu.Unlock()
+	if add {
+		in.tcpConns[c] = struct{}{}
+	} else {
+		delete(in.tcpConns, c)
+	}
+}
+
+// shutdown stops accepting, lets in-flight requests and connections finish
+// until ctx ends, then closes what is left.
+func (in *inbound) shutdown(ctx context.Context) {
+	in.ln.Close()
+	if in.srv != nil {
+		in.hl.Close()
+		_ = in.srv.Shutdown(ctx)
+	}
+	done := make(chan struct{})
+	go func() { in.tcpWG.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		in.tcpMu.Lock()
+		for c := range in.tcpConns {
+			c.Close()
+		}
+		in.tcpMu.Unlock()
+		<-done
+	}
+}
+
+// statusWriter records the response code. Unwrap lets
+// http.ResponseController (used by ReverseProxy for flushing and protocol
+// upgrades) reach the real writer.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+func (w *statusWriter) code() int {
+	if w.status == 0 {
+		return http.StatusOK
+	}
+	return w.status
+}
+
+// bufferPool recycles ReverseProxy's copy buffers.
+type bufferPool struct{}
+
+var buffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+func (bufferPool) Get() []byte  { return *(buffers.Get().(*[]byte)) }
+func (bufferPool) Put(b []byte) { buffers.Put(&b) }

@@ -1,0 +1,168 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+)
+
+// outbound is a local plaintext listener for the application: the proxy
+// originates mTLS with its SVID to the upstream proxy and accepts only the
+// upstream SPIFFE IDs configured. HTTP connections to each upstream are
+// pooled (keep-alive, HTTP/2).
+type outbound struct {
+	p  *Proxy
+	l  Listener
+	ln net.Listener
+
+	srv *http.Server
+	tr  *http.Transport
+
+	tlsConf  *tls.Config
+	tcpWG    sync.WaitGroup
+	tcpMu    sync.Mutex
+	tcpConns map[net.Conn]struct{}
+}
+
+func (p *Proxy) newOutbound(l Listener, ln net.Listener) *outbound {
+	host, _, _ := net.SplitHostPort(l.Upstream)
+	o := &outbound{p: p, l: l, ln: ln, tcpConns: map[net.Conn]struct{}{}}
+	o.tlsConf = p.id.clientTLS(l.SPIFFEIDs, host)
+	if l.Protocol != ProtocolHTTP {
+		return o
+	}
+	o.tr = &http.Transport{
+		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		TLSClientConfig:     o.tlsConf,
+		TLSHandshakeTimeout: p.set.HandshakeTimeout,
+		ForceAttemptHTTP2:   true,
+		MaxIdleConns:        1024,
+		MaxIdleConnsPerHost: 1024,
+		IdleConnTimeout:     90 * time.Second,
+		DisableCompression:  true,
+	}
+	upstream := &url.URL{Scheme: "https", Host: l.Upstream}
+	rp := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(upstream)
+			pr.Out.Host = pr.In.Host
+			if !validRequestID(pr.Out.Header.Get("X-Request-Id")) {
+				pr.Out.Header.Set("X-Request-Id", uuid.NewString())
+			}
+		},
+		Transport:  o.tr,
+		BufferPool: bufferPool{},
+		ErrorLog:   slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			o.upstreamFailed(err)
+			http.Error(w, "upstream unavailable", http.StatusBadGateway)
+		},
+	}
+	protocols := new(http.Protocols)
+	protocols.SetHTTP1(true)
+	protocols.SetUnencryptedHTTP2(true) // gRPC clients speak h2c to the local listener
+	o.srv = &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			start := time.Now()
+			rp.ServeHTTP(w, r)
+			p.metrics.duration.WithLabelValues("outbound", l.Name).Observe(time.Since(start).Seconds())
+		}),
+		ReadHeaderTimeout: p.set.HeaderReadTimeout,
+		IdleTimeout:       p.set.IdleTimeout,
+		MaxHeaderBytes:    p.set.MaxHeaderBytes,
+		Protocols:         protocols,
+		ErrorLog:          slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
+	}
+	return o
+}
+
+func (o *outbound) upstreamFailed(err error) {
+	o.p.metrics.upstreamErrors.WithLabelValues(o.l.Name).Inc()
+	var pe *peerError
+	if errors.As(err, &pe) {
+		o.p.metrics.handshakeErrors.WithLabelValues("upstream_" + pe.reason).Inc()
+		o.p.log.Warn("upstream identity refused", "listener", o.l.Name, "upstream", o.l.Upstream, "err", err)
+		return
+	}
+	if !errors.Is(err, context.Canceled) {
+		o.p.log.Warn("upstream unreachable", "listener", o.l.Name, "upstream", o.l.Upstream, "err", err)
+	}
+}
+
+func (o *outbound) serve(ctx context.Context) error {
+	if o.srv != nil {
+		err := o.srv.Serve(&limitListener{Listener: o.ln, p: o.p, direction: "outbound", name: o.l.Name, ctx: ctx})
+		if errors.Is(err, http.ErrServerClosed) {
+			return nil
+		}
+		return err
+	}
+	return acceptLoop(ctx, o.ln, o.p, "outbound", o.l.Name, func(ctx context.Context, c net.Conn) {
+		o.tcpWG.Add(1)
+		defer o.tcpWG.Done()
+		defer o.p.releaseConn("outbound", o.l.Name)
+		o.serveTCP(ctx, c)
+	})
+}
+
+func (o *outbound) serveTCP(ctx context.Context, c net.Conn) {
+	defer c.Close()
+	o.track(c, true)
+	defer o.track(c, false)
+	start := time.Now()
+	d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 5 * time.Second}, Config: o.tlsConf}
+	dctx, cancel := context.WithTimeout(ctx, o.p.set.HandshakeTimeout)
+	up, err := d.DialContext(dctx, "tcp", o.l.Upstream)
+	cancel()
+	if err != nil {
+		o.upstreamFailed(err)
+		return
+	}
+	o.track(up, true)
+	defer o.track(up, false)
+	pipe(c, up)
+	o.p.metrics.duration.WithLabelValues("outbound", o.l.Name).Observe(time.Since(start).Seconds())
+}
+
+func (o *outbound) track(c net.Conn, add bool) {
+	o.tcpMu.Lock()
+	defer o.tcpMu.Unlock()
+	if add {
+		o.tcpConns[c] = struct{}{}
+	} else {
+		delete(o.tcpConns, c)
+	}
+}
+
+func (o *outbound) shutdown(ctx context.Context) {
+	if o.srv != nil {
+		_ = o.srv.Shutdown(ctx)
+		o.tr.CloseIdleConnections()
+		return
+	}
+	o.ln.Close()
+	done := make(chan struct{})
+	go func() { o.tcpWG.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		o.tcpMu.Lock()
+		for c := range o.tcpConns {
+			c.Close()
+		}
+		o.tcpMu.Unlock()
+		<-done
+	}
+}
+
+var _ io.Closer = (*chanListener)(nil)
