@@ -480,9 +480,9 @@ func TestConfigValidation(t *testing.T) {
 			{Name: "a", Listen: "127.0.0.1", Forward: "127.0.0.1:8080", Protocol: "udp", Backend: "h3"},
 			{Name: "a", Listen: "127.0.0.1:9000", Forward: "x", Upstream: "y:1"},
 		},
-		Outbound: []ListenerSpec{{Listen: "127.0.0.1:9000", Upstream: "api", SPIFFEIDs: []string{"http://x"}}},
-		Limits:   LimitsConfig{MaxHeaderBytes: 10},
-		Policy:   PolicyConfig{Paths: []string{"/does/not/exist"}, DefaultMTLS: "LOOSE"},
+		Outbound:     []ListenerSpec{{Listen: "127.0.0.1:9000", Upstream: "api", SPIFFEIDs: []string{"http://x"}}},
+		Limits:       LimitsConfig{MaxHeaderBytes: 10},
+		Policy:       PolicyConfig{Paths: []string{"/does/not/exist"}, DefaultMTLS: "LOOSE"},
 		StripHeaders: []string{"bad header"},
 	}.Resolve()
 	if err == nil {
