@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -153,6 +154,15 @@ func LoadSettings(path string, override func(*Config)) (Settings, error) {
 	if path != "" {
 		if loadErr = configfile.Load(path, &c); configfile.Fatal(loadErr) {
 			return Settings{}, loadErr
+		}
+		// Policy paths in the file are relative to the file.
+		dir := filepath.Dir(path)
+		for _, l := range []*[]string{&c.Policy.Paths, &c.Policy.Data} {
+			for i, p := range *l {
+				if p != "" && !filepath.IsAbs(p) {
+					(*l)[i] = filepath.Join(dir, p)
+				}
+			}
 		}
 	}
 	if override != nil {
