@@ -85,6 +85,7 @@ server's admin socket (or, with --server, to its mTLS listener).`,
 		newAPICmd(),
 		newPolicyCmd(),
 		newProxyCmd(),
+		newGatewayCmd(),
 		newNetpolCmd(),
 	)
 	return root
