@@ -87,6 +87,7 @@ server's admin socket (or, with --server, to its mTLS listener).`,
 		newProxyCmd(),
 		newGatewayCmd(),
 		newNetpolCmd(),
+		newDevCmd(),
 	)
 	return root
 }

@@ -1,0 +1,168 @@
+package e2e
+
+import (
+	"bufio"
+	"encoding/json"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestDevMesh runs `trustmesh dev` as a user would: waits for it, calls an
+// allowed and a forbidden edge through the ingress (real mTLS between real
+// proxies), checks the audit log and `dev status`, then Ctrl-C (SIGINT)
+// must leave no process or socket behind.
+func TestDevMesh(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "dev")
+	cmd := exec.Command(binary, "dev", "--data-dir", dir, "--base-port", "0", "--color", "never", "--traffic-interval", "200ms")
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr syncBuffer
+	cmd.Stderr = &stderr
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	out := &syncBuffer{}
+	ready := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			line := sc.Text()
+			out.Write([]byte(line + "\n"))
+			if strings.HasPrefix(line, "Trustmesh dev mesh is up in ") {
+				ready <- line
+			}
+		}
+		done <- cmd.Wait()
+	}()
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+		}
+	})
+	select {
+	case line := <-ready:
+		t.Logf("%s (%.1fs from exec, binary already built)", line, time.Since(start).Seconds())
+	case err := <-done:
+		t.Fatalf("dev exited: %v\n%s\n%s", err, out, &stderr)
+	case <-time.After(90 * time.Second):
+		t.Fatalf("dev not up:\n%s\n%s", out, &stderr)
+	}
+
+	var st struct {
+		Ingress     string `json:"ingress"`
+		AdminSocket string `json:"admin_socket"`
+		AgentSocket string `json:"agent_socket"`
+		AuditLog    string `json:"audit_log"`
+		Services    []struct {
+			Name string `json:"name"`
+			PID  int    `json:"pid"`
+		} `json:"services"`
+	}
+	data, err := os.ReadFile(filepath.Join(dir, "dev.json"))
+	if err != nil || json.Unmarshal(data, &st) != nil {
+		t.Fatalf("dev.json: %v %s", err, data)
+	}
+	if len(st.Services) != 6 {
+		t.Fatalf("services: %+v", st.Services)
+	}
+	get := func(path string) (int, map[string]any) {
+		t.Helper()
+		resp, err := http.Get("http://" + st.Ingress + path)
+		if err != nil {
+			t.Fatalf("GET %s: %v", path, err)
+		}
+		defer resp.Body.Close()
+		var v map[string]any
+		body, _ := io.ReadAll(resp.Body)
+		if err := json.Unmarshal(body, &v); err != nil {
+			t.Fatalf("GET %s: %s", path, body)
+		}
+		return resp.StatusCode, v
+	}
+	// Allowed: the whole tree, every hop 200.
+	code, tree := get("/")
+	if code != 200 || tree["service"] != "frontend" || tree["caller"] != "spiffe://example.org/ns/default/sa/ingress" {
+		t.Fatalf("GET /: %d %v", code, tree)
+	}
+	calls, _ := tree["calls"].([]any)
+	if len(calls) != 2 {
+		t.Fatalf("frontend's calls: %v", tree)
+	}
+	for _, c := range calls {
+		c := c.(map[string]any)
+		if c["status"] != float64(200) {
+			t.Errorf("frontend → %v: %v", c["to"], c)
+		}
+	}
+	// Forbidden: frontend → database is denied by the database's policy.
+	code, res := get("/call/database")
+	if code != 403 || res["response"] != "RBAC: access denied" || res["from"] != "frontend" || res["to"] != "database" {
+		t.Fatalf("GET /call/database: %d %v", code, res)
+	}
+	// The audit log has both, with the deciding policy.
+	waitFor(t, 10*time.Second, func() (bool, bool) {
+		data, _ := os.ReadFile(st.AuditLog)
+		var allowed, denied bool
+		for _, line := range strings.Split(string(data), "\n") {
+			var r map[string]any
+			if json.Unmarshal([]byte(line), &r) != nil {
+				continue
+			}
+			if r["source_principal"] == "spiffe://example.org/ns/default/sa/frontend" && r["destination"] == "spiffe://example.org/ns/default/sa/api" && r["decision"] == "allow" && r["policy"] == "default/api-allow" {
+				allowed = true
+			}
+			if r["source_principal"] == "spiffe://example.org/ns/default/sa/frontend" && r["destination"] == "spiffe://example.org/ns/default/sa/database" && r["decision"] == "deny" &&
+				strings.Contains(r["reason"].(string), "default/database-allow (rule 0: principal mismatch)") {
+				denied = true
+			}
+		}
+		return true, allowed && denied
+	}, nil)
+	if !strings.Contains(out.String(), "DENY   frontend  → database") {
+		t.Errorf("the feed shows no denial:\n%s", out)
+	}
+
+	status := mustRun(t, "dev", "status", "--data-dir", dir)
+	for _, want := range []string{"spiffe://example.org/ns/default/sa/database", "SVID EXPIRES", "frontend → database", "frontend → api"} {
+		if !strings.Contains(status, want) {
+			t.Errorf("dev status lacks %q:\n%s", want, status)
+		}
+	}
+
+	// Ctrl-C.
+	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("dev exited with %v\n%s", err, &stderr)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("dev ignored SIGINT")
+	}
+	for _, s := range st.Services {
+		if err := syscall.Kill(s.PID, 0); err == nil {
+			t.Errorf("workload %s (pid %d) still running", s.Name, s.PID)
+		}
+	}
+	for _, sock := range []string{st.AdminSocket, st.AgentSocket} {
+		if _, err := os.Stat(sock); !os.IsNotExist(err) {
+			t.Errorf("socket %s left behind", sock)
+		}
+	}
+	if _, _, code := run(t, "dev", "status", "--data-dir", dir); code != 1 {
+		t.Errorf("dev status after stop: exit %d, want 1", code)
+	}
+}
