@@ -1,0 +1,1139 @@
+// Package gateway is Trustmesh's identity-aware access gateway for people
+// (`trustmesh gateway run`): what oauth2-proxy or Pomerium do, with their
+// conventions. Browsers sign in with OIDC (authorization code + PKCE S256,
+// state and nonce, the ID token verified with go-oidc) into a server-side
+// session whose cookie is only an opaque id; APIs present bearer JWTs.
+// Requests for a route's host are proxied to its upstream with the
+// caller's identity (X-Auth-Request-* and a signed
+// X-Trustmesh-Jwt-Assertion); nginx's auth_request asks /oauth2/auth. Every
+// request passes the same pipeline (see pipeline.go); every decision is an
+// audit line and a metric.
+package gateway
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/netip"
+	"net/url"
+	"os"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/trustmesh/trustmesh/internal/gateway/assertion"
+	"github.com/trustmesh/trustmesh/internal/gateway/bearer"
+	"github.com/trustmesh/trustmesh/internal/gateway/session"
+	"github.com/trustmesh/trustmesh/internal/policy"
+	"github.com/trustmesh/trustmesh/internal/telemetry"
+)
+
+// Options are what tests and embedders may inject.
+type Options struct {
+	Now        func() time.Time // the clock (time.Now)
+	HTTPClient *http.Client     // for identity providers and JWKS
+	// Listener, when set, is used instead of listening on Settings.Listen.
+	Listener net.Listener
+	// Checks run after each route's own (allow lists, policy), on every
+	// route: device posture and continuous risk checks go here.
+	Checks []Check
+	// Store, when set, is used instead of opening Settings.Store.
+	Store session.Store
+}
+
+// Gateway is one gateway process.
+type Gateway struct {
+	set        Settings
+	log        *slog.Logger
+	opts       Options
+	now        func() time.Time
+	httpClient *http.Client
+	instance   string
+
+	store     session.Store
+	providers map[string]*oidcProvider
+	verifier  *bearer.Verifier
+	bearerCfg map[string]BearerIssuer
+	signer    *assertion.Signer
+	routes    []*route
+	audit     *auditLog
+	metrics   *metrics
+	refreshes singleflight.Group
+
+	ready     chan struct{}
+	mu        sync.Mutex
+	addr      net.Addr
+	metricsLn net.Listener
+	handler   http.Handler
+}
+
+// route is a Route ready to serve.
+type route struct {
+	Route
+	checks []Check
+	proxy  *httputil.ReverseProxy
+}
+
+// New prepares a gateway; Run starts it.
+func New(set Settings, log *slog.Logger, opts Options) *Gateway {
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	hc := opts.HTTPClient
+	if hc == nil {
+		hc = &http.Client{Timeout: 15 * time.Second}
+	}
+	return &Gateway{set: set, log: log, opts: opts, now: opts.Now, httpClient: hc, instance: randomString(12), ready: make(chan struct{})}
+}
+
+// Ready is closed once the gateway accepts requests.
+func (g *Gateway) Ready() <-chan struct{} { return g.ready }
+
+// Addr is the listener's address (after Ready).
+func (g *Gateway) Addr() net.Addr {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.addr
+}
+
+// MetricsAddr is the metrics listener's address, nil when off.
+func (g *Gateway) MetricsAddr() net.Addr {
+	if g.metricsLn == nil {
+		return nil
+	}
+	return g.metricsLn.Addr()
+}
+
+// CompilePolicies compiles every route's policy, reporting what does not
+// compile (for `gateway validate` and startup).
+func CompilePolicies(ctx context.Context, set Settings) (map[string]*policy.Set, error) {
+	out := map[string]*policy.Set{}
+	var errs []string
+	for _, r := range set.Routes {
+		if len(r.PolicyPaths) == 0 {
+			continue
+		}
+		ps, problems := policy.LoadAndCompile(ctx, r.PolicyPaths, nil, policy.Options{})
+		for _, p := range problems {
+			if p.Severity == policy.SeverityError {
+				errs = append(errs, "route "+r.Name+": "+p.String())
+			}
+		}
+		if ps != nil {
+			out[r.Name] = ps
+		}
+	}
+	if len(errs) > 0 {
+		return nil, fmt.Errorf("policy does not compile:\n  %s", strings.Join(errs, "\n  "))
+	}
+	return out, nil
+}
+
+// init builds everything but the listeners.
+func (g *Gateway) init(ctx context.Context) error {
+	var auditW io.Writer = os.Stdout
+	if f := g.set.AuditLog; f != "" && f != "-" {
+		af, err := os.OpenFile(f, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+		if err != nil {
+			return fmt.Errorf("open audit log: %w", err)
+		}
+		auditW = af
+	}
+	g.audit = &auditLog{w: auditW, log: g.log, now: g.now}
+	g.metrics = newMetrics(g.audit.failed.Load)
+
+	policies, err := CompilePolicies(ctx, g.set)
+	if err != nil {
+		return err
+	}
+	g.providers = map[string]*oidcProvider{}
+	for _, p := range g.set.Providers {
+		g.providers[p.Name] = &oidcProvider{cfg: p, g: g}
+	}
+	g.bearerCfg = map[string]BearerIssuer{}
+	var issuers []bearer.Issuer
+	for _, b := range g.set.Bearer {
+		g.bearerCfg[b.Issuer.Issuer] = b
+		issuers = append(issuers, b.Issuer)
+	}
+	if g.verifier, err = bearer.New(issuers, bearer.Options{HTTPClient: g.httpClient, Now: g.now, MaxTokenBytes: g.set.MaxTokenBytes}); err != nil {
+		return err
+	}
+	if g.signer, err = assertion.New(assertion.Options{Issuer: g.set.ExternalURL.String(), TTL: g.set.AssertionTTL, KeyFile: g.set.AssertionKeyFile, Now: g.now}); err != nil {
+		return err
+	}
+	if g.set.AssertionKeyFile == "" {
+		g.log.Warn("assertion.signing_key_file is not set: assertions are signed with a key made at start; replicas behind one name need a shared key file")
+	}
+	for i := range g.set.Routes {
+		rt := &route{Route: g.set.Routes[i]}
+		if !rt.Allow.empty() || (rt.Allow != nil && rt.Allow.Authenticated) {
+			rt.checks = append(rt.checks, allowCheck{a: *rt.Allow, allowUnverifiedEmail: g.allowUnverified})
+		}
+		if ps := policies[rt.Name]; ps != nil {
+			rt.checks = append(rt.checks, policyCheck{engine: policy.NewEngine(ps), route: &rt.Route})
+		}
+		rt.checks = append(rt.checks, g.opts.Checks...)
+		if rt.Upstream != nil {
+			if rt.proxy, err = g.newProxy(rt); err != nil {
+				return err
+			}
+		}
+		g.routes = append(g.routes, rt)
+	}
+	// Most specific first: exact hosts, then wildcards, then any host; in
+	// each, the longest path prefix.
+	sort.SliceStable(g.routes, func(i, j int) bool {
+		a, b := g.routes[i], g.routes[j]
+		if ra, rb := hostRank(a.Host), hostRank(b.Host); ra != rb {
+			return ra < rb
+		}
+		return len(a.PathPrefix) > len(b.PathPrefix)
+	})
+	if g.opts.Store != nil {
+		g.store = g.opts.Store
+	} else if g.store, err = session.Open(ctx, g.set.Store, session.Options{Now: g.now}); err != nil {
+		return err
+	}
+	g.handler = g.routesHandler()
+	return nil
+}
+
+func hostRank(h string) int {
+	switch {
+	case h == "":
+		return 2
+	case strings.HasPrefix(h, "*."):
+		return 1
+	}
+	return 0
+}
+
+func (g *Gateway) allowUnverified(provider string) bool {
+	if p := g.providers[provider]; p != nil {
+		return p.cfg.AllowUnverifiedEmail
+	}
+	return false
+}
+
+// Handler is the gateway's HTTP handler (after Ready).
+func (g *Gateway) Handler() http.Handler { return g.handler }
+
+// Run serves until ctx ends, then drains in-flight requests.
+func (g *Gateway) Run(ctx context.Context) error {
+	if err := g.init(ctx); err != nil {
+		return err
+	}
+	defer g.store.Close()
+	if c, ok := g.audit.w.(io.Closer); ok && g.audit.w != os.Stdout {
+		defer c.Close()
+	}
+	ln := g.opts.Listener
+	if ln == nil {
+		var err error
+		if ln, err = net.Listen("tcp", g.set.Listen); err != nil {
+			return fmt.Errorf("listen: %w", err)
+		}
+	}
+	protocols := new(http.Protocols)
+	protocols.SetHTTP1(true)
+	protocols.SetHTTP2(true)
+	protocols.SetUnencryptedHTTP2(true) // gRPC clients behind a TLS terminator
+	srv := &http.Server{
+		Handler:           g.handler,
+		ReadHeaderTimeout: g.set.HeaderReadTimeout,
+		IdleTimeout:       g.set.IdleConnTimeout,
+		MaxHeaderBytes:    g.set.MaxHeaderBytes,
+		Protocols:         protocols,
+		ErrorLog:          slog.NewLogLogger(g.log.Handler(), slog.LevelDebug),
+	}
+	if g.set.TLSCert != "" {
+		cert, err := tls.LoadX509KeyPair(g.set.TLSCert, g.set.TLSKey)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("tls: %w", err)
+		}
+		srv.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}, NextProtos: []string{"h2", "http/1.1"}}
+		ln = tls.NewListener(ln, srv.TLSConfig)
+	}
+	g.mu.Lock()
+	g.addr = ln.Addr()
+	g.mu.Unlock()
+	if g.set.MetricsAddr != "" {
+		mln, err := net.Listen("tcp", g.set.MetricsAddr)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("metrics: %w", err)
+		}
+		g.metricsLn = mln
+	}
+	eg, gctx := errgroup.WithContext(ctx)
+	eg.Go(func() error {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+	eg.Go(func() error {
+		<-gctx.Done()
+		g.log.Info("shutting down: draining in-flight requests", "timeout", g.set.ShutdownTimeout.String())
+		sctx, cancel := context.WithTimeout(context.Background(), g.set.ShutdownTimeout)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+		return nil
+	})
+	if g.metricsLn != nil {
+		eg.Go(func() error { return telemetry.Serve(gctx, g.metricsLn, g.metrics.registry) })
+	}
+	if p, ok := g.store.(session.Purger); ok {
+		eg.Go(func() error {
+			t := time.NewTicker(time.Minute)
+			defer t.Stop()
+			for {
+				select {
+				case <-gctx.Done():
+					return nil
+				case <-t.C:
+					if _, err := p.Purge(gctx); err != nil && gctx.Err() == nil {
+						g.log.Warn("session purge failed", "err", err)
+					}
+				}
+			}
+		})
+	}
+	attrs := []any{"listen", ln.Addr().String(), "external_url", g.set.ExternalURL.String(), "store", session.Redact(g.set.Store), "routes", len(g.routes), "identity_providers", len(g.providers), "bearer_issuers", len(g.bearerCfg)}
+	g.log.Info("gateway ready", attrs...)
+	close(g.ready)
+	err := eg.Wait()
+	if errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	return err
+}
+
+// routesHandler is the top of the request tree.
+func (g *Gateway) routesHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/oauth2/auth":
+			g.forwardAuth(w, r)
+		case "/oauth2/start", "/oauth2/sign_in":
+			g.signIn(w, r)
+		case "/oauth2/callback":
+			g.callback(w, r)
+		case "/oauth2/sign_out":
+			g.signOut(w, r)
+		case "/oauth2/handoff":
+			g.serveHandoff(w, r)
+		case "/oauth2/userinfo":
+			g.userinfo(w, r)
+		case "/.well-known/trustmesh/jwks.json":
+			w.Header().Set("Content-Type", "application/json")
+			w.Header().Set("Cache-Control", "public, max-age=300")
+			w.Header().Set("X-Content-Type-Options", "nosniff")
+			_, _ = w.Write(g.signer.JWKS())
+		default:
+			if strings.HasPrefix(r.URL.Path, "/oauth2/") {
+				g.errorPage(w, http.StatusNotFound, "Not found", "There is nothing here.")
+				return
+			}
+			g.serveProxy(w, r)
+		}
+	})
+}
+
+// match finds the route for host (any form) and a normalized path.
+func (g *Gateway) match(host, path string) *route {
+	h := hostOnly(host)
+	for _, rt := range g.routes {
+		if rt.Host != "" && !hostMatches(rt.Host, h) {
+			continue
+		}
+		if pathHasPrefix(path, rt.PathPrefix) {
+			return rt
+		}
+	}
+	return nil
+}
+
+func pathHasPrefix(path, prefix string) bool {
+	if prefix == "/" || strings.HasSuffix(prefix, "/") {
+		return strings.HasPrefix(path, prefix)
+	}
+	return path == prefix || strings.HasPrefix(path, prefix+"/")
+}
+
+// fromTrustedProxy reports whether the direct peer may set X-Forwarded-*.
+func (g *Gateway) fromTrustedProxy(r *http.Request) bool {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		return false
+	}
+	a := ap.Addr().Unmap()
+	for _, p := range g.set.TrustedProxies {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// clientIP is the caller's address: the direct peer, or what a trusted
+// proxy says (X-Real-IP, else the last X-Forwarded-For hop it added).
+func (g *Gateway) clientIP(r *http.Request) netip.Addr {
+	ap, _ := netip.ParseAddrPort(r.RemoteAddr)
+	ip := ap.Addr().Unmap()
+	if !g.fromTrustedProxy(r) {
+		return ip
+	}
+	if v := r.Header.Get("X-Real-Ip"); v != "" {
+		if a, err := netip.ParseAddr(strings.TrimSpace(v)); err == nil {
+			return a.Unmap()
+		}
+	}
+	if xff := r.Header.Values("X-Forwarded-For"); len(xff) > 0 {
+		parts := strings.Split(xff[len(xff)-1], ",")
+		if a, err := netip.ParseAddr(strings.TrimSpace(parts[len(parts)-1])); err == nil {
+			return a.Unmap()
+		}
+	}
+	return ip
+}
+
+// schemeOf is how the browser reached us.
+func (g *Gateway) schemeOf(r *http.Request) string {
+	if r.TLS != nil {
+		return "https"
+	}
+	if g.fromTrustedProxy(r) {
+		if p := strings.ToLower(r.Header.Get("X-Forwarded-Proto")); p == "https" || p == "http" {
+			return p
+		}
+	}
+	if hostOnly(g.hostOf(r)) == g.set.ExternalURL.Hostname() {
+		return g.set.ExternalURL.Scheme
+	}
+	return "http"
+}
+
+// hostOf is the host the browser used: X-Forwarded-Host from a trusted
+// proxy, else Host.
+func (g *Gateway) hostOf(r *http.Request) string {
+	if g.fromTrustedProxy(r) {
+		if v := r.Header.Get("X-Forwarded-Host"); v != "" {
+			v, _, _ = strings.Cut(v, ",")
+			if v = strings.TrimSpace(v); v != "" {
+				return v
+			}
+		}
+	}
+	return r.Host
+}
+
+// baseURL is scheme://host of the request as the browser sees it; the
+// external URL's when the host is the gateway's own.
+func (g *Gateway) baseURL(r *http.Request) *url.URL {
+	host := g.hostOf(r)
+	if hostOnly(host) == g.set.ExternalURL.Hostname() {
+		return &url.URL{Scheme: g.set.ExternalURL.Scheme, Host: g.set.ExternalURL.Host}
+	}
+	return &url.URL{Scheme: g.schemeOf(r), Host: host}
+}
+
+// authResult is the outcome of authentication.
+type authResult struct {
+	id *Identity
+	// Failure, when id is nil.
+	status    int    // 401, or 503 when the store fails
+	reason    string // for the audit log
+	rejection *bearer.Error
+	bearer    bool // a bearer token was presented
+}
+
+func bearerToken(r *http.Request) (string, bool) {
+	h := r.Header.Get("Authorization")
+	if len(h) > 7 && strings.EqualFold(h[:7], "bearer ") {
+		return strings.TrimSpace(h[7:]), true
+	}
+	return "", false
+}
+
+// authenticate finds who is calling: a bearer JWT if one is presented
+// (then only it counts), else the route provider's session.
+func (g *Gateway) authenticate(ctx context.Context, r *http.Request, rt *route) authResult {
+	if raw, ok := bearerToken(r); ok {
+		if !rt.Bearer {
+			g.metrics.tokenRejections.WithLabelValues("not_accepted_on_route").Inc()
+			return authResult{status: http.StatusUnauthorized, reason: "bearer token rejected: not_accepted_on_route: route " + quote(rt.Name) + " does not take bearer tokens", bearer: true}
+		}
+		tok, err := g.verifier.Verify(ctx, raw)
+		if err != nil {
+			e, ok := bearer.AsError(err)
+			if !ok {
+				e = &bearer.Error{Reason: bearer.ReasonMalformed, Detail: err.Error()}
+			}
+			g.metrics.tokenRejections.WithLabelValues(string(e.Reason)).Inc()
+			return authResult{status: http.StatusUnauthorized, reason: e.Error(), rejection: e, bearer: true}
+		}
+		bc := g.bearerCfg[tok.Issuer]
+		id := &Identity{
+			Method: "bearer", Issuer: tok.Issuer, Subject: tok.Subject, User: claimString(tok.Claims, bc.UserClaim),
+			Email: claimString(tok.Claims, bc.EmailClaim), PreferredUsername: claimString(tok.Claims, "preferred_username"),
+			Groups: claimStrings(tok.Claims, bc.GroupsClaim), Scopes: tok.Scopes, Audiences: tok.Audiences,
+			Presenter: tok.Presenter, Claims: tok.Claims,
+		}
+		id.EmailVerified, _ = tok.Claims["email_verified"].(bool)
+		if id.User == "" {
+			id.User = tok.Subject
+		}
+		return authResult{id: id}
+	}
+	if rt.Provider == "" {
+		return authResult{status: http.StatusUnauthorized, reason: "no bearer token (route " + quote(rt.Name) + " takes bearer tokens only)"}
+	}
+	ls, err := g.loadSession(ctx, r, rt.Provider)
+	if err != nil {
+		if errors.Is(err, errNoSession) {
+			return authResult{status: http.StatusUnauthorized, reason: err.Error()}
+		}
+		g.log.Error("session store failed", "err", err)
+		return authResult{status: http.StatusServiceUnavailable, reason: "session store unavailable: " + err.Error()}
+	}
+	return authResult{id: ls.identity()}
+}
+
+// decision is the pipeline's answer for one request.
+type decision struct {
+	rq      *Request
+	auth    authResult
+	verdict Verdict
+	check   string
+	status  int // 200 (allowed), 401, 403, 404, 503
+}
+
+// decide runs the pipeline for rq (whose Route is set).
+func (g *Gateway) decide(ctx context.Context, r *http.Request, rt *route, rq *Request) decision {
+	d := decision{rq: rq}
+	d.auth = g.authenticate(ctx, r, rt)
+	if d.auth.id == nil {
+		d.status = d.auth.status
+		d.verdict = Verdict{Reason: d.auth.reason, Rule: -1}
+		return d
+	}
+	rq.Identity = d.auth.id
+	d.verdict, d.check = runChecks(ctx, rt.checks, rq)
+	if !d.verdict.Allow {
+		d.status = http.StatusForbidden
+		return d
+	}
+	d.status = http.StatusOK
+	return d
+}
+
+// record writes the audit line and metrics for a decision.
+func (g *Gateway) record(d decision, mode, routeName string, status int, start time.Time, r *http.Request) {
+	elapsed := g.now().Sub(start)
+	if elapsed < 0 {
+		elapsed = 0
+	}
+	rec := &decisionRecord{
+		RequestID: r.Header.Get("X-Request-Id"), Direction: "inbound", Listener: "gateway", Protocol: "http",
+		SourceIP: d.rq.ClientIP.String(), Destination: routeName, Method: d.rq.Method, Path: d.rq.URI, Host: d.rq.Host,
+		Decision: "deny", Reason: d.verdict.Reason, Status: status, LatencyMS: float64(elapsed.Microseconds()) / 1000,
+		Route: routeName, Mode: mode, Check: d.check,
+	}
+	if !validRequestID(rec.RequestID) {
+		rec.RequestID = ""
+	}
+	if d.verdict.Allow && d.status == http.StatusOK {
+		rec.Decision = "allow"
+	}
+	if d.verdict.Policy != "" {
+		p := d.verdict.Policy
+		rec.Policy = &p
+	}
+	if d.verdict.Rule >= 0 {
+		rule := d.verdict.Rule
+		rec.Rule = &rule
+	}
+	if id := d.auth.id; id != nil {
+		rec.SourcePrincipal, rec.Authenticated, rec.User, rec.Email = id.Principal(), true, id.User, id.Email
+		rec.AuthMethod, rec.IdP, rec.Session = id.Method, orDefault(id.Provider, id.Issuer), id.SessionRef
+	} else if d.auth.bearer {
+		rec.AuthMethod = "bearer"
+	}
+	g.audit.write(rec)
+	outcome := "allow"
+	switch {
+	case routeName == "":
+		outcome = "no_route"
+	case d.status == http.StatusUnauthorized:
+		outcome = "unauthenticated"
+	case d.status != http.StatusOK:
+		outcome = "deny"
+	}
+	label := orDefault(routeName, "none")
+	g.metrics.requests.WithLabelValues(label, mode, outcome).Inc()
+	g.metrics.duration.WithLabelValues(label, mode).Observe(elapsed.Seconds())
+	if rec.Decision == "deny" {
+		g.log.Info("request denied", "route", routeName, "mode", mode, "status", status, "reason", d.verdict.Reason,
+			"principal", rec.SourcePrincipal, "client_ip", rec.SourceIP, "host", rec.Host, "path", rec.Path)
+	}
+}
+
+// newRequest builds the pipeline's Request for method/host/uri.
+func (g *Gateway) newRequest(r *http.Request, mode, method, host, uri string) (*Request, error) {
+	np, err := policy.NormalizePath(uri)
+	if err != nil {
+		return nil, err
+	}
+	return &Request{Mode: mode, Method: method, Host: host, Path: np, URI: uri, Header: r.Header, ClientIP: g.clientIP(r)}, nil
+}
+
+// identityHeaders are the oauth2-proxy headers an upstream trusts.
+func (g *Gateway) identityHeaders(h http.Header, id *Identity, aud string) {
+	h.Set("X-Auth-Request-User", id.User)
+	if id.Email != "" {
+		h.Set("X-Auth-Request-Email", id.Email)
+	}
+	if len(id.Groups) > 0 {
+		h.Set("X-Auth-Request-Groups", strings.Join(id.Groups, ","))
+	}
+	if id.PreferredUsername != "" {
+		h.Set("X-Auth-Request-Preferred-Username", id.PreferredUsername)
+	}
+	if a, err := g.signer.Sign(assertion.Claims{Subject: id.Principal(), User: id.User, Email: id.Email, Groups: id.Groups, IdP: id.Issuer}, aud); err == nil {
+		h.Set("X-Trustmesh-Jwt-Assertion", a)
+	} else {
+		g.log.Error("cannot sign the identity assertion", "err", err)
+	}
+}
+
+// spoofable are identity headers a client must never get to an upstream;
+// prefixes end in "-".
+var spoofable = []string{
+	"X-Auth-Request-", "X-Trustmesh-", "X-Authenticated-", "X-Forwarded-User", "X-Forwarded-Email",
+	"X-Forwarded-Groups", "X-Forwarded-Preferred-Username", "X-Forwarded-Access-Token", "X-Remote-User",
+	"X-Remote-Groups", "Remote-User", "X-Pomerium-",
+}
+
+// stripIdentityHeaders removes every identity header the client sent.
+func stripIdentityHeaders(h http.Header) {
+	for k := range h {
+		for _, s := range spoofable {
+			if strings.HasSuffix(s, "-") && strings.HasPrefix(k, s) || k == s {
+				delete(h, k)
+				break
+			}
+		}
+	}
+}
+
+// stripOurCookies keeps the gateway's cookies from the upstream.
+func (g *Gateway) stripOurCookies(h http.Header) {
+	cs := h.Values("Cookie")
+	if len(cs) == 0 {
+		return
+	}
+	var keep []string
+	for _, line := range cs {
+		for _, part := range strings.Split(line, ";") {
+			name, _, _ := strings.Cut(strings.TrimSpace(part), "=")
+			if name == "" || strings.HasPrefix(name, g.set.CookieName) {
+				continue
+			}
+			keep = append(keep, strings.TrimSpace(part))
+		}
+	}
+	h.Del("Cookie")
+	if len(keep) > 0 {
+		h.Set("Cookie", strings.Join(keep, "; "))
+	}
+}
+
+func validRequestID(s string) bool {
+	if s == "" || len(s) > 128 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return false
+		}
+	}
+	return true
+}
+
+// isBrowser: a navigation a login redirect makes sense for.
+func isBrowser(r *http.Request) bool {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		return false
+	}
+	if r.Header.Get("X-Requested-With") != "" || r.Header.Get("Upgrade") != "" {
+		return false
+	}
+	return strings.Contains(r.Header.Get("Accept"), "text/html")
+}
+
+// forwardAuth is nginx auth_request's endpoint: 202 with the identity
+// headers, 401 unauthenticated, 403 refused. The route comes from
+// X-Forwarded-Host (or Host) and X-Original-URI (or X-Forwarded-Uri).
+func (g *Gateway) forwardAuth(w http.ResponseWriter, r *http.Request) {
+	start := g.now()
+	setPageHeaders(w)
+	host := g.hostOf(r)
+	uri := r.Header.Get("X-Original-Uri")
+	if uri == "" {
+		uri = r.Header.Get("X-Forwarded-Uri")
+	}
+	if uri == "" {
+		uri = "/"
+	}
+	method := r.Header.Get("X-Original-Method")
+	if method == "" {
+		method = r.Header.Get("X-Forwarded-Method")
+	}
+	if method == "" {
+		method = http.MethodGet
+	}
+	rq, err := g.newRequest(r, "forward_auth", method, host, uri)
+	if err != nil {
+		d := decision{rq: &Request{Mode: "forward_auth", Method: method, Host: host, URI: uri, ClientIP: g.clientIP(r)}, verdict: Verdict{Reason: "request path rejected: " + err.Error(), Rule: -1}, status: http.StatusForbidden}
+		w.WriteHeader(http.StatusForbidden)
+		g.record(d, "forward_auth", "", http.StatusForbidden, start, r)
+		return
+	}
+	rt := g.match(host, rq.Path)
+	if rt == nil {
+		d := decision{rq: rq, verdict: Verdict{Reason: "no route for host " + quote(hostOnly(host)) + " and path " + quote(rq.Path), Rule: -1}, status: http.StatusForbidden}
+		w.WriteHeader(http.StatusForbidden)
+		g.record(d, "forward_auth", "", http.StatusForbidden, start, r)
+		return
+	}
+	rq.Route = &rt.Route
+	d := g.decide(r.Context(), r, rt, rq)
+	status := d.status
+	switch status {
+	case http.StatusOK:
+		status = http.StatusAccepted
+		g.identityHeaders(w.Header(), d.auth.id, hostOnly(host))
+	case http.StatusUnauthorized:
+		if d.auth.bearer {
+			w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
+		}
+	}
+	w.WriteHeader(status)
+	g.record(d, "forward_auth", rt.Name, status, start, r)
+}
+
+// serveProxy is reverse-proxy mode: the request's host and path pick the
+// route; an allowed request goes upstream with the caller's identity.
+func (g *Gateway) serveProxy(w http.ResponseWriter, r *http.Request) {
+	start := g.now()
+	rq, err := g.newRequest(r, "proxy", r.Method, r.Host, r.RequestURI)
+	if err != nil {
+		d := decision{rq: &Request{Mode: "proxy", Method: r.Method, Host: r.Host, URI: r.RequestURI, ClientIP: g.clientIP(r)}, verdict: Verdict{Reason: "request path rejected: " + err.Error(), Rule: -1}, status: http.StatusBadRequest}
+		g.errorPage(w, http.StatusBadRequest, "Bad request", "The request path is not valid.")
+		g.record(d, "proxy", "", http.StatusBadRequest, start, r)
+		return
+	}
+	rt := g.match(r.Host, rq.Path)
+	if rt == nil || rt.proxy == nil {
+		if r.URL.Path == "/ping" || r.URL.Path == "/ready" {
+			setPageHeaders(w)
+			_, _ = io.WriteString(w, "OK")
+			return
+		}
+		reason := "no route for host " + quote(hostOnly(r.Host)) + " and path " + quote(rq.Path)
+		name := ""
+		if rt != nil {
+			reason, name = "route "+quote(rt.Name)+" has no upstream (forward-auth only)", rt.Name
+		}
+		g.errorPage(w, http.StatusNotFound, "Not found", "There is no application here.")
+		g.record(decision{rq: rq, verdict: Verdict{Reason: reason, Rule: -1}, status: http.StatusNotFound}, "proxy", name, http.StatusNotFound, start, r)
+		return
+	}
+	rq.Route = &rt.Route
+	d := g.decide(r.Context(), r, rt, rq)
+	switch d.status {
+	case http.StatusOK:
+	case http.StatusUnauthorized:
+		if !d.auth.bearer && isBrowser(r) {
+			rd := g.baseURL(r).String() + r.RequestURI
+			login := "/oauth2/start?" + url.Values{"rd": {rd}}.Encode()
+			setPageHeaders(w)
+			http.Redirect(w, r, login, http.StatusFound)
+			g.record(d, "proxy", rt.Name, http.StatusFound, start, r)
+			return
+		}
+		if d.auth.bearer {
+			w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
+		} else {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="trustmesh"`)
+		}
+		g.jsonError(w, http.StatusUnauthorized, "unauthenticated")
+		g.record(d, "proxy", rt.Name, http.StatusUnauthorized, start, r)
+		return
+	case http.StatusForbidden:
+		if isBrowser(r) {
+			g.errorPage(w, http.StatusForbidden, "Access denied", "You are signed in, but not allowed to use this application.")
+		} else {
+			g.jsonError(w, http.StatusForbidden, "access denied")
+		}
+		g.record(d, "proxy", rt.Name, http.StatusForbidden, start, r)
+		return
+	default:
+		g.errorPage(w, d.status, "Unavailable", "Try again shortly.")
+		g.record(d, "proxy", rt.Name, d.status, start, r)
+		return
+	}
+	// Forward the path the route and policy decided on.
+	if np := rq.Path; np != "*" {
+		if unescaped, err := url.PathUnescape(np); err == nil {
+			r.URL.Path, r.URL.RawPath = unescaped, np
+		}
+	}
+	if g.set.MaxBodyBytes > 0 && r.Body != nil && r.Body != http.NoBody {
+		r.Body = http.MaxBytesReader(w, r.Body, g.set.MaxBodyBytes)
+	}
+	r = r.WithContext(context.WithValue(r.Context(), identityKey{}, d.auth.id))
+	sw := &statusWriter{ResponseWriter: w}
+	rt.proxy.ServeHTTP(sw, r)
+	g.record(d, "proxy", rt.Name, sw.code(), start, r)
+}
+
+type identityKey struct{}
+
+func (g *Gateway) jsonError(w http.ResponseWriter, status int, msg string) {
+	setPageHeaders(w)
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_, _ = fmt.Fprintf(w, "{\"error\":%q}\n", msg)
+}
+
+func (g *Gateway) newProxy(rt *route) (*httputil.ReverseProxy, error) {
+	tr := &http.Transport{
+		Proxy:                 nil,
+		DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns:          1024,
+		MaxIdleConnsPerHost:   512,
+		IdleConnTimeout:       90 * time.Second,
+		ResponseHeaderTimeout: g.set.UpstreamTimeout,
+		TLSHandshakeTimeout:   10 * time.Second,
+		ExpectContinueTimeout: time.Second,
+		DisableCompression:    true,
+	}
+	if rt.H2C {
+		tr.Protocols = new(http.Protocols)
+		tr.Protocols.SetUnencryptedHTTP2(true)
+	}
+	if rt.Upstream.Scheme == "https" {
+		tr.ForceAttemptHTTP2 = true
+		tr.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+		if rt.UpstreamCAFile != "" {
+			pem, err := os.ReadFile(rt.UpstreamCAFile)
+			if err != nil {
+				return nil, fmt.Errorf("route %s: upstream_ca_file: %w", rt.Name, err)
+			}
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("route %s: upstream_ca_file: no certificates", rt.Name)
+			}
+			tr.TLSClientConfig.RootCAs = pool
+		}
+	}
+	upstream := rt.Upstream
+	return &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(upstream)
+			if rt.PreserveHost {
+				pr.Out.Host = pr.In.Host
+			}
+			pr.SetXForwarded()
+			if g.fromTrustedProxy(pr.In) {
+				if xff := pr.In.Header.Values("X-Forwarded-For"); len(xff) > 0 {
+					pr.Out.Header["X-Forwarded-For"] = append(xff[:len(xff):len(xff)], g.clientIP(pr.In).String())
+				}
+			}
+			pr.Out.Header.Set("X-Forwarded-Proto", g.schemeOf(pr.In))
+			stripIdentityHeaders(pr.Out.Header)
+			g.stripOurCookies(pr.Out.Header)
+			if id, ok := pr.In.Context().Value(identityKey{}).(*Identity); ok && id != nil {
+				g.identityHeaders(pr.Out.Header, id, hostOnly(pr.In.Host))
+			}
+		},
+		Transport:     tr,
+		FlushInterval: -1,
+		BufferPool:    bufferPool{},
+		ErrorLog:      slog.NewLogLogger(g.log.Handler(), slog.LevelDebug),
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			g.metrics.upstreamErrors.WithLabelValues(rt.Name).Inc()
+			var mbe *http.MaxBytesError
+			if errors.As(err, &mbe) {
+				g.errorPage(w, http.StatusRequestEntityTooLarge, "Request too large", "The request body is over the limit.")
+				return
+			}
+			if !errors.Is(err, context.Canceled) {
+				g.log.Warn("upstream unreachable", "route", rt.Name, "upstream", upstream.Host, "err", err)
+			}
+			g.errorPage(w, http.StatusBadGateway, "Upstream unavailable", "The application did not answer. Try again shortly.")
+		},
+	}, nil
+}
+
+// statusWriter records the response code; Unwrap lets ReverseProxy reach
+// the real writer for flushes and upgrades (WebSocket).
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 && code >= 200 || code == http.StatusSwitchingProtocols {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+func (w *statusWriter) code() int {
+	if w.status == 0 {
+		return http.StatusOK
+	}
+	return w.status
+}
+
+type bufferPool struct{}
+
+var buffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+func (bufferPool) Get() []byte  { return *(buffers.Get().(*[]byte)) }
+func (bufferPool) Put(b []byte) { buffers.Put(&b) }
+
+// providerFor picks the identity provider for a login: the rd's route's,
+// an explicit ?provider=, or the only one.
+func (g *Gateway) providerFor(r *http.Request, rd *url.URL) *oidcProvider {
+	if name := r.URL.Query().Get("provider"); name != "" {
+		return g.providers[name]
+	}
+	if rd != nil {
+		if np, err := policy.NormalizePath(rd.EscapedPath()); err == nil {
+			if rt := g.match(rd.Host, np); rt != nil && rt.Provider != "" {
+				return g.providers[rt.Provider]
+			}
+		}
+	}
+	if len(g.set.Providers) == 1 {
+		return g.providers[g.set.Providers[0].Name]
+	}
+	return nil
+}
+
+// signIn is /oauth2/start and /oauth2/sign_in: check rd, then go to the
+// identity provider (from the gateway's own host, where the callback
+// lands).
+func (g *Gateway) signIn(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		g.errorPage(w, http.StatusMethodNotAllowed, "Method not allowed", "Use GET.")
+		return
+	}
+	base := g.baseURL(r)
+	rawRD := r.URL.Query().Get("rd")
+	if rawRD == "" {
+		rawRD = r.Header.Get("X-Auth-Request-Redirect")
+	}
+	rd, ok := g.safeRedirect(rawRD, base)
+	if !ok {
+		g.log.Warn("redirect refused", "rd", truncateForLog(rawRD), "client_ip", g.clientIP(r).String())
+		g.metrics.logins.WithLabelValues("unknown", "redirect_refused").Inc()
+		g.audit.write(&decisionRecord{Event: "login", Direction: "inbound", Listener: "gateway", Protocol: "http",
+			SourceIP: g.clientIP(r).String(), Method: r.Method, Path: r.URL.Path, Host: r.Host, Decision: "deny",
+			Reason: "redirect target refused: " + truncateForLog(rawRD), Status: http.StatusBadRequest, Mode: "login"})
+		g.errorPage(w, http.StatusBadRequest, "Invalid redirect", "The address to return to after sign-in is not allowed.")
+		return
+	}
+	rdURL, _ := url.Parse(rd)
+	p := g.providerFor(r, rdURL)
+	if p == nil {
+		g.errorPage(w, http.StatusBadRequest, "Unknown identity provider", "No identity provider is configured for this application.")
+		return
+	}
+	if hostOnly(g.hostOf(r)) != g.set.ExternalURL.Hostname() {
+		u := *g.set.ExternalURL
+		u.Path += "/oauth2/start"
+		u.RawQuery = url.Values{"rd": {rd}, "provider": {p.cfg.Name}}.Encode()
+		setPageHeaders(w)
+		http.Redirect(w, r, u.String(), http.StatusFound)
+		return
+	}
+	g.startLogin(w, r, p, rd)
+}
+
+// signOut ends the session. POST needs the session's CSRF token; a GET
+// from the gateway's own pages or typed in (Sec-Fetch-Site same-origin or
+// none) signs out directly, any other GET gets a confirmation form, so no
+// other site can sign a user out. With an end_session_endpoint, the
+// browser continues to the identity provider (RP-initiated logout).
+func (g *Gateway) signOut(w http.ResponseWriter, r *http.Request) {
+	base := g.baseURL(r)
+	r.Body = http.MaxBytesReader(w, r.Body, 8<<10)
+	var rawRD string
+	if r.Method == http.MethodPost {
+		if err := r.ParseForm(); err != nil {
+			g.errorPage(w, http.StatusBadRequest, "Bad request", "The form could not be read.")
+			return
+		}
+		rawRD = r.PostForm.Get("rd")
+	} else {
+		rawRD = r.URL.Query().Get("rd")
+	}
+	rd, ok := g.safeRedirect(rawRD, base)
+	if !ok {
+		g.log.Warn("sign-out redirect refused", "rd", truncateForLog(rawRD))
+		g.errorPage(w, http.StatusBadRequest, "Invalid redirect", "The address to return to after sign-out is not allowed.")
+		return
+	}
+	// The caller's sessions, one per provider cookie.
+	type found struct {
+		p   *oidcProvider
+		ls  *liveSession
+		val string
+	}
+	var sessions []found
+	for name, p := range g.providers {
+		for _, c := range r.Cookies() {
+			if c.Name != g.cookieName(name) {
+				continue
+			}
+			if id, ok := parseSessionCookie(c.Value); ok {
+				if rec, err := g.store.Get(r.Context(), id.key); err == nil {
+					if d, err := id.openData(rec.Data); err == nil {
+						sessions = append(sessions, found{p: p, ls: &liveSession{id: id, rec: rec, data: d}, val: c.Value})
+					}
+				}
+			}
+		}
+	}
+	switch r.Method {
+	case http.MethodPost:
+		token := r.PostForm.Get("csrf")
+		valid := len(sessions) == 0 // nothing to protect
+		for _, s := range sessions {
+			if hmacEqual(token, s.ls.id.csrfToken()) {
+				valid = true
+			}
+		}
+		if !valid {
+			g.log.Warn("sign-out refused: missing or wrong CSRF token", "client_ip", g.clientIP(r).String())
+			g.errorPage(w, http.StatusForbidden, "Sign-out refused", "The sign-out form expired. Open the sign-out page again.")
+			return
+		}
+	case http.MethodGet, http.MethodHead:
+		site := r.Header.Get("Sec-Fetch-Site")
+		if len(sessions) > 0 && site != "same-origin" && site != "none" {
+			renderPage(w, http.StatusOK, page{Title: "Sign out", Message: "Sign out of " + g.set.ExternalURL.Host + "?",
+				Form: "/oauth2/sign_out", CSRF: sessions[0].ls.id.csrfToken(), RD: rawRD, Button: "Sign out"}, g.endSessionOrigins()...)
+			return
+		}
+	default:
+		g.errorPage(w, http.StatusMethodNotAllowed, "Method not allowed", "Use GET or POST.")
+		return
+	}
+	endSession := ""
+	for _, s := range sessions {
+		_ = g.store.Delete(r.Context(), s.ls.id.key)
+		g.metrics.logouts.WithLabelValues(s.p.cfg.Name).Inc()
+		g.log.Info("logout", "provider", s.p.cfg.Name, "principal", s.ls.data.Issuer+"/"+s.ls.data.Subject, "session", s.ls.id.ref())
+		g.audit.write(&decisionRecord{Event: "logout", Direction: "inbound", Listener: "gateway", Protocol: "http",
+			SourcePrincipal: s.ls.data.Issuer + "/" + s.ls.data.Subject, SourceIP: g.clientIP(r).String(), Method: r.Method,
+			Path: "/oauth2/sign_out", Host: r.Host, Decision: "allow", Reason: "signed out", Status: http.StatusFound,
+			Authenticated: true, User: s.ls.data.User, Email: s.ls.data.Email, AuthMethod: "session", IdP: s.p.cfg.Name,
+			Session: s.ls.id.ref(), Mode: "logout"})
+		if endSession == "" {
+			if d, err := s.p.get(r.Context()); err == nil && d.endSession != "" {
+				if u, err := url.Parse(d.endSession); err == nil {
+					q := u.Query()
+					q.Set("id_token_hint", s.ls.data.IDToken)
+					q.Set("client_id", s.p.cfg.ClientID)
+					q.Set("post_logout_redirect_uri", rd)
+					u.RawQuery = q.Encode()
+					endSession = u.String()
+				}
+			}
+		}
+	}
+	for name := range g.providers {
+		g.clearCookie(w, r, g.cookieName(name), "/")
+	}
+	setPageHeaders(w)
+	target := rd
+	if endSession != "" {
+		target = endSession
+	}
+	http.Redirect(w, r, target, http.StatusFound)
+}
+
+func (g *Gateway) endSessionOrigins() []string {
+	var out []string
+	for _, p := range g.providers {
+		if p.cur != nil && p.cur.endSession != "" {
+			if u, err := url.Parse(p.cur.endSession); err == nil {
+				out = append(out, u.Scheme+"://"+u.Host)
+			}
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+func hmacEqual(a, b string) bool {
+	return len(a) == len(b) && subtleEqual(a, b)
+}
+
+// userinfo is oauth2-proxy's /oauth2/userinfo: the caller's identity as JSON.
+func (g *Gateway) userinfo(w http.ResponseWriter, r *http.Request) {
+	rq, err := g.newRequest(r, "userinfo", r.Method, g.hostOf(r), "/")
+	if err != nil {
+		g.jsonError(w, http.StatusBadRequest, "bad request")
+		return
+	}
+	rt := g.match(g.hostOf(r), rq.Path)
+	if rt == nil {
+		rt = &route{Route: Route{Name: "userinfo", Bearer: len(g.set.Bearer) > 0}}
+		if len(g.set.Providers) == 1 {
+			rt.Provider = g.set.Providers[0].Name
+		}
+	}
+	a := g.authenticate(r.Context(), r, rt)
+	if a.id == nil {
+		g.jsonError(w, http.StatusUnauthorized, "unauthenticated")
+		return
+	}
+	setPageHeaders(w)
+	w.Header().Set("Content-Type", "application/json")
+	groups := a.id.Groups
+	if groups == nil {
+		groups = []string{}
+	}
+	_ = jsonEncode(w, map[string]any{"user": a.id.User, "email": a.id.Email, "groups": groups, "preferredUsername": a.id.PreferredUsername})
+}

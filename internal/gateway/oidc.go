@@ -1,0 +1,542 @@
+package gateway
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/coreos/go-oidc/v3/oidc"
+	"golang.org/x/oauth2"
+
+	"github.com/trustmesh/trustmesh/internal/gateway/bearer"
+	"github.com/trustmesh/trustmesh/internal/gateway/session"
+)
+
+// oidcProvider is one identity provider, discovered lazily: a provider
+// that is down at start does not stop the gateway, and is retried.
+type oidcProvider struct {
+	cfg  Provider
+	g    *Gateway
+	mu   sync.Mutex
+	cur  *discovered
+	last time.Time
+	err  error
+}
+
+type discovered struct {
+	oauth      oauth2.Config
+	verifier   *oidc.IDTokenVerifier
+	endSession string
+}
+
+func (p *oidcProvider) get(_ context.Context) (*discovered, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cur != nil {
+		return p.cur, nil
+	}
+	if !p.last.IsZero() && time.Since(p.last) < 5*time.Second {
+		return nil, p.err
+	}
+	p.last = time.Now()
+	// The provider keeps this context for later key fetches: not the
+	// request's. The client's timeout bounds each fetch.
+	prov, err := oidc.NewProvider(oidc.ClientContext(context.Background(), p.g.httpClient), p.cfg.Issuer)
+	if err != nil {
+		p.err = fmt.Errorf("identity provider %s: discovery: %w", p.cfg.Name, err)
+		return nil, p.err
+	}
+	var extra struct {
+		EndSession string `json:"end_session_endpoint"`
+	}
+	_ = prov.Claims(&extra)
+	d := &discovered{
+		oauth: oauth2.Config{
+			ClientID: p.cfg.ClientID, ClientSecret: p.cfg.ClientSecret, Endpoint: prov.Endpoint(),
+			RedirectURL: p.g.set.ExternalURL.String() + "/oauth2/callback", Scopes: p.cfg.Scopes,
+		},
+		verifier: prov.Verifier(&oidc.Config{
+			ClientID: p.cfg.ClientID, SupportedSigningAlgs: bearer.AsymmetricAlgorithms, Now: p.g.now,
+		}),
+		endSession: extra.EndSession,
+	}
+	if p.cfg.EndSessionURL != "" {
+		d.endSession = p.cfg.EndSessionURL
+	}
+	p.cur, p.err = d, nil
+	return d, nil
+}
+
+// loginState is what /oauth2/start remembers for /oauth2/callback, in the
+// store under a hash of the state parameter, single use.
+type loginState struct {
+	Provider string    `json:"provider"`
+	Verifier string    `json:"verifier"`
+	Nonce    string    `json:"nonce"`
+	RD       string    `json:"rd"`
+	Binding  string    `json:"binding"` // hash of the browser's binding cookie
+	Started  time.Time `json:"started"`
+}
+
+func randomString(n int) string {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		panic(err) // crypto/rand never fails on supported platforms
+	}
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+func hashString(prefix, v string) string {
+	s := sha256.Sum256([]byte(prefix + "\x00" + v))
+	return hex.EncodeToString(s[:])
+}
+
+// startLogin redirects the browser to the identity provider (code flow,
+// PKCE S256, state and nonce). rd is an already-validated absolute URL.
+func (g *Gateway) startLogin(w http.ResponseWriter, r *http.Request, p *oidcProvider, rd string) {
+	d, err := p.get(r.Context())
+	if err != nil {
+		g.log.Error("cannot start login", "provider", p.cfg.Name, "err", err)
+		g.metrics.logins.WithLabelValues(p.cfg.Name, "idp_unavailable").Inc()
+		g.errorPage(w, http.StatusBadGateway, "Sign-in is unavailable", "The identity provider cannot be reached. Try again shortly.")
+		return
+	}
+	binding := ""
+	if c, err := r.Cookie(g.csrfCookieName()); err == nil && len(c.Value) == 43 {
+		binding = c.Value
+	} else {
+		binding = randomString(32)
+	}
+	// The binding cookie ties the callback to this browser (login CSRF);
+	// it goes only to /oauth2/ and lives as long as a login may take.
+	http.SetCookie(w, &http.Cookie{
+		Name: g.csrfCookieName(), Value: binding, Path: "/oauth2/", MaxAge: int(g.set.LoginTimeout.Seconds()),
+		HttpOnly: true, Secure: g.schemeOf(r) == "https", SameSite: http.SameSiteLaxMode,
+	})
+	state, nonce, verifier := randomString(32), randomString(32), oauth2.GenerateVerifier()
+	ls := loginState{Provider: p.cfg.Name, Verifier: verifier, Nonce: nonce, RD: rd, Binding: hashString("binding", binding), Started: g.now()}
+	b, _ := json.Marshal(ls)
+	sealed, err := seal(deriveID([]byte(state)).subkey("login state"), b, "login")
+	if err == nil {
+		err = g.store.PutTicket(r.Context(), "login:"+hashString("state", state), sealed, g.set.LoginTimeout)
+	}
+	if err != nil {
+		g.log.Error("cannot store login state", "provider", p.cfg.Name, "err", err)
+		g.metrics.logins.WithLabelValues(p.cfg.Name, "store_error").Inc()
+		g.errorPage(w, http.StatusServiceUnavailable, "Sign-in is unavailable", "Try again shortly.")
+		return
+	}
+	u := d.oauth.AuthCodeURL(state, oidc.Nonce(nonce), oauth2.S256ChallengeOption(verifier))
+	setPageHeaders(w)
+	http.Redirect(w, r, u, http.StatusFound)
+}
+
+// loginFailed logs, audits and counts a failed callback; the browser gets
+// a generic page.
+func (g *Gateway) loginFailed(w http.ResponseWriter, r *http.Request, provider, outcome, detail string, status int) {
+	g.log.Warn("login failed", "provider", provider, "outcome", outcome, "detail", detail, "client_ip", g.clientIP(r).String())
+	g.metrics.logins.WithLabelValues(orDefault(provider, "unknown"), outcome).Inc()
+	g.audit.write(&decisionRecord{
+		Event: "login", Direction: "inbound", Listener: "gateway", Protocol: "http", SourceIP: g.clientIP(r).String(),
+		Method: r.Method, Path: "/oauth2/callback", Host: r.Host, Decision: "deny", Reason: "login failed: " + outcome + ": " + detail,
+		Status: status, IdP: provider, Mode: "login",
+	})
+	g.errorPage(w, status, "Sign-in failed", "Sign-in could not be completed. Start again from the application.")
+}
+
+// callback completes a login: state, binding cookie, code exchange with
+// the PKCE verifier, ID token verification and nonce, then a new session.
+func (g *Gateway) callback(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	q := r.URL.Query()
+	state := q.Get("state")
+	if state == "" || len(state) > 256 {
+		g.loginFailed(w, r, "", "state_missing", "no state parameter", http.StatusBadRequest)
+		return
+	}
+	sealed, err := g.store.TakeTicket(ctx, "login:"+hashString("state", state))
+	if err != nil {
+		g.loginFailed(w, r, "", "state_unknown", "unknown, expired or already used state", http.StatusBadRequest)
+		return
+	}
+	raw, err := open(deriveID([]byte(state)).subkey("login state"), sealed, "login")
+	var ls loginState
+	if err != nil || json.Unmarshal(raw, &ls) != nil {
+		g.loginFailed(w, r, "", "state_unknown", "login state does not decode", http.StatusBadRequest)
+		return
+	}
+	p := g.providers[ls.Provider]
+	if p == nil {
+		g.loginFailed(w, r, ls.Provider, "state_unknown", "the login's identity provider is no longer configured", http.StatusBadRequest)
+		return
+	}
+	bc, err := r.Cookie(g.csrfCookieName())
+	if err != nil || subtle.ConstantTimeCompare([]byte(hashString("binding", bc.Value)), []byte(ls.Binding)) != 1 {
+		g.loginFailed(w, r, ls.Provider, "state_not_bound", "the callback came without the browser binding cookie of the login it names (login CSRF?)", http.StatusForbidden)
+		return
+	}
+	if e := q.Get("error"); e != "" {
+		g.loginFailed(w, r, ls.Provider, "idp_error", fmt.Sprintf("the identity provider answered %s: %s", truncateForLog(e), truncateForLog(q.Get("error_description"))), http.StatusForbidden)
+		return
+	}
+	code := q.Get("code")
+	if code == "" {
+		g.loginFailed(w, r, ls.Provider, "code_missing", "no code parameter", http.StatusBadRequest)
+		return
+	}
+	d, err := p.get(ctx)
+	if err != nil {
+		g.loginFailed(w, r, ls.Provider, "idp_unavailable", err.Error(), http.StatusBadGateway)
+		return
+	}
+	xctx, cancel := context.WithTimeout(oidc.ClientContext(ctx, g.httpClient), 15*time.Second)
+	defer cancel()
+	tok, err := d.oauth.Exchange(xctx, code, oauth2.VerifierOption(ls.Verifier))
+	if err != nil {
+		g.loginFailed(w, r, ls.Provider, "exchange_failed", oauthErr(err), http.StatusBadGateway)
+		return
+	}
+	rawID, _ := tok.Extra("id_token").(string)
+	if rawID == "" {
+		g.loginFailed(w, r, ls.Provider, "id_token_invalid", "the token response has no id_token", http.StatusBadGateway)
+		return
+	}
+	idt, err := d.verifier.Verify(ctx, rawID)
+	if err != nil {
+		g.loginFailed(w, r, ls.Provider, "id_token_invalid", err.Error(), http.StatusForbidden)
+		return
+	}
+	if subtle.ConstantTimeCompare([]byte(idt.Nonce), []byte(ls.Nonce)) != 1 {
+		g.loginFailed(w, r, ls.Provider, "nonce_mismatch", "the ID token's nonce is not the login's", http.StatusForbidden)
+		return
+	}
+	if idt.AccessTokenHash != "" {
+		if err := idt.VerifyAccessToken(tok.AccessToken); err != nil {
+			g.loginFailed(w, r, ls.Provider, "id_token_invalid", "at_hash: "+err.Error(), http.StatusForbidden)
+			return
+		}
+	}
+	var claims map[string]any
+	if err := idt.Claims(&claims); err != nil {
+		g.loginFailed(w, r, ls.Provider, "id_token_invalid", err.Error(), http.StatusForbidden)
+		return
+	}
+	now := g.now()
+	sd := &sessionData{
+		Provider: p.cfg.Name, IDToken: rawID, AccessToken: tok.AccessToken, RefreshToken: tok.RefreshToken,
+		TokenExpiry: idt.Expiry, CreatedAt: now, LastSeen: now, Scopes: grantedScopes(tok, p.cfg.Scopes),
+	}
+	fillFromClaims(sd, claims, p.cfg)
+	// A new login always gets a new session id (no fixation); the old one
+	// of this browser, if any, ends.
+	if old, err := r.Cookie(g.cookieName(p.cfg.Name)); err == nil {
+		if oid, ok := parseSessionCookie(old.Value); ok {
+			_ = g.store.Delete(ctx, oid.key)
+		}
+	}
+	id, value, err := g.createSession(ctx, sd)
+	if err != nil {
+		g.loginFailed(w, r, ls.Provider, "store_error", err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	g.metrics.logins.WithLabelValues(p.cfg.Name, "success").Inc()
+	g.log.Info("login", "provider", p.cfg.Name, "principal", sd.Issuer+"/"+sd.Subject, "user", sd.User, "session", id.ref(), "client_ip", g.clientIP(r).String())
+	g.audit.write(&decisionRecord{
+		Event: "login", Direction: "inbound", Listener: "gateway", Protocol: "http", SourcePrincipal: sd.Issuer + "/" + sd.Subject,
+		SourceIP: g.clientIP(r).String(), Method: r.Method, Path: "/oauth2/callback", Host: r.Host, Decision: "allow",
+		Reason: "login succeeded", Status: http.StatusFound, Authenticated: true, User: sd.User, Email: sd.Email,
+		AuthMethod: "session", IdP: p.cfg.Name, Session: id.ref(), Mode: "login",
+	})
+	g.setSessionCookie(w, r, p.cfg.Name, value, g.set.MaxLifetime)
+	g.clearCookie(w, r, g.csrfCookieName(), "/oauth2/")
+	setPageHeaders(w)
+	target := ls.RD
+	if u, err := url.Parse(target); err == nil && !g.coveredByCookie(u.Host) {
+		// Another host: hand the session over with a one-time code.
+		if h, err := g.handoff(ctx, id, p.cfg.Name, u); err == nil {
+			target = h
+		} else {
+			g.log.Warn("session hand-off failed", "host", u.Host, "err", err)
+		}
+	}
+	http.Redirect(w, r, target, http.StatusFound)
+}
+
+func truncateForLog(s string) string {
+	if len(s) > 200 {
+		s = s[:200] + "…"
+	}
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return '?'
+		}
+		return r
+	}, s)
+}
+
+// oauthErr describes a token endpoint error without the request's secrets.
+func oauthErr(err error) string {
+	var re *oauth2.RetrieveError
+	if errors.As(err, &re) {
+		if re.ErrorCode != "" {
+			return "token endpoint: " + truncateForLog(re.ErrorCode) + ": " + truncateForLog(re.ErrorDescription)
+		}
+		if re.Response != nil {
+			return "token endpoint: " + re.Response.Status
+		}
+	}
+	return truncateForLog(err.Error())
+}
+
+func grantedScopes(tok *oauth2.Token, requested []string) []string {
+	if s, ok := tok.Extra("scope").(string); ok && s != "" {
+		return strings.Fields(s)
+	}
+	return requested
+}
+
+// fillFromClaims maps ID token claims to the session's identity.
+func fillFromClaims(sd *sessionData, claims map[string]any, p Provider) {
+	sd.Claims = claims
+	sd.Issuer, _ = claims["iss"].(string)
+	sd.Subject, _ = claims["sub"].(string)
+	sd.User = claimString(claims, p.UserClaim)
+	if sd.User == "" {
+		sd.User = sd.Subject
+	}
+	sd.Email = claimString(claims, p.EmailClaim)
+	sd.EmailVerified, _ = claims["email_verified"].(bool)
+	sd.PreferredUsername = claimString(claims, "preferred_username")
+	sd.Groups = claimStrings(claims, p.GroupsClaim)
+	sd.Audiences = claimStrings(claims, "aud")
+	sd.Presenter = claimString(claims, "azp")
+}
+
+func claimString(claims map[string]any, name string) string {
+	s, _ := claims[name].(string)
+	return s
+}
+
+func claimStrings(claims map[string]any, name string) []string {
+	switch v := claims[name].(type) {
+	case string:
+		if v == "" {
+			return nil
+		}
+		return []string{v}
+	case []any:
+		out := make([]string, 0, len(v))
+		for _, e := range v {
+			if s, ok := e.(string); ok {
+				out = append(out, s)
+			}
+		}
+		return out
+	case []string:
+		return v
+	}
+	return nil
+}
+
+// refreshSession renews the session's tokens with its refresh token.
+// Concurrent requests of this process share one refresh (singleflight);
+// replicas coordinate with a lock ticket in the shared store, so a
+// refresh token is used once. Whoever loses the race uses the session as
+// stored; an update that meets a concurrent change is re-applied to the
+// newer record, so a rotated refresh token is never lost.
+func (g *Gateway) refreshSession(ctx context.Context, ls *liveSession) (*liveSession, error) {
+	v, err, _ := g.refreshes.Do(ls.id.key, func() (any, error) {
+		return g.doRefresh(context.WithoutCancel(ctx), ls)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.(*liveSession), nil
+}
+
+func (g *Gateway) doRefresh(ctx context.Context, ls *liveSession) (*liveSession, error) {
+	lock := "refresh:" + ls.id.key
+	p := g.providers[ls.data.Provider]
+	err := g.store.PutTicket(ctx, lock, []byte(g.instance), 30*time.Second)
+	if errors.Is(err, session.ErrExists) {
+		// Another replica is refreshing (or failed within 30 s): the session
+		// as stored is what this request gets.
+		return g.reload(ctx, ls)
+	}
+	if err != nil {
+		g.log.Warn("session refresh lock failed", "session", ls.id.ref(), "err", err)
+		return ls, nil
+	}
+	cur, err := g.reload(ctx, ls)
+	if err != nil {
+		return nil, err
+	}
+	if cur.rec.Version != ls.rec.Version && g.now().Before(cur.data.TokenExpiry.Add(-g.set.RefreshBefore)) {
+		_, _ = g.store.TakeTicket(ctx, lock)
+		return cur, nil // refreshed meanwhile
+	}
+	d, err := p.get(ctx)
+	if err != nil {
+		g.metrics.refreshes.WithLabelValues(p.cfg.Name, "error").Inc()
+		g.log.Warn("session refresh: identity provider unavailable; keeping the session", "session", ls.id.ref(), "err", err)
+		return cur, nil
+	}
+	rctx, cancel := context.WithTimeout(oidc.ClientContext(ctx, g.httpClient), 15*time.Second)
+	defer cancel()
+	tok, err := d.oauth.TokenSource(rctx, &oauth2.Token{RefreshToken: cur.data.RefreshToken, Expiry: time.Unix(1, 0)}).Token()
+	if err != nil {
+		var re *oauth2.RetrieveError
+		if errors.As(err, &re) && (re.ErrorCode == "invalid_grant" || re.Response != nil && re.Response.StatusCode == http.StatusUnauthorized) {
+			// The identity provider revoked the grant: the session ends.
+			g.metrics.refreshes.WithLabelValues(p.cfg.Name, "revoked").Inc()
+			g.log.Info("session refresh refused by the identity provider: session ended", "session", ls.id.ref(), "detail", oauthErr(err))
+			_ = g.store.Delete(ctx, ls.id.key)
+			_, _ = g.store.TakeTicket(ctx, lock)
+			g.audit.write(&decisionRecord{
+				Event: "logout", Direction: "inbound", Listener: "gateway", Protocol: "http", SourcePrincipal: cur.data.Issuer + "/" + cur.data.Subject,
+				Decision: "deny", Reason: "session ended: refresh refused by the identity provider: " + oauthErr(err),
+				Authenticated: false, User: cur.data.User, AuthMethod: "session", IdP: p.cfg.Name, Session: ls.id.ref(), Mode: "refresh",
+			})
+			return nil, fmt.Errorf("%w: refresh refused", errNoSession)
+		}
+		g.metrics.refreshes.WithLabelValues(p.cfg.Name, "error").Inc()
+		g.log.Warn("session refresh failed; keeping the session, retrying in 30s", "session", ls.id.ref(), "detail", oauthErr(err))
+		return cur, nil
+	}
+	var claims map[string]any
+	expiry := tok.Expiry
+	rawID, _ := tok.Extra("id_token").(string)
+	if rawID != "" {
+		idt, err := d.verifier.Verify(ctx, rawID)
+		if err != nil || idt.Subject != cur.data.Subject || idt.Issuer != cur.data.Issuer {
+			g.metrics.refreshes.WithLabelValues(p.cfg.Name, "error").Inc()
+			g.log.Warn("session refresh returned an unusable ID token; keeping the session", "session", ls.id.ref(), "err", err)
+			return cur, nil
+		}
+		_ = idt.Claims(&claims)
+		expiry = idt.Expiry
+	}
+	if expiry.IsZero() || expiry.Before(g.now()) || expiry.After(g.now().Add(24*time.Hour*365)) {
+		expiry = g.now().Add(5 * time.Minute)
+	}
+	apply := func(sd *sessionData) {
+		sd.AccessToken = tok.AccessToken
+		if tok.RefreshToken != "" {
+			sd.RefreshToken = tok.RefreshToken
+		}
+		if rawID != "" {
+			sd.IDToken = rawID
+			fillFromClaims(sd, claims, p.cfg)
+		}
+		sd.TokenExpiry = expiry
+	}
+	for attempt := 0; attempt < 5; attempt++ {
+		nd := *cur.data
+		apply(&nd)
+		sealed, err := cur.id.sealData(&nd)
+		if err != nil {
+			return nil, err
+		}
+		rec := cur.rec
+		rec.Data, rec.ExpiresAt = sealed, g.expiresAt(&nd)
+		next, err := g.store.Update(ctx, rec)
+		if errors.Is(err, session.ErrConflict) {
+			if cur, err = g.reload(ctx, cur); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		_, _ = g.store.TakeTicket(ctx, lock)
+		g.metrics.refreshes.WithLabelValues(p.cfg.Name, "ok").Inc()
+		g.log.Debug("session refreshed", "session", ls.id.ref(), "token_expiry", expiry)
+		return &liveSession{id: cur.id, rec: next, data: &nd}, nil
+	}
+	return cur, nil
+}
+
+func (g *Gateway) reload(ctx context.Context, ls *liveSession) (*liveSession, error) {
+	rec, err := g.store.Get(ctx, ls.id.key)
+	if errors.Is(err, session.ErrNotFound) {
+		return nil, fmt.Errorf("%w: session %s ended", errNoSession, ls.id.ref())
+	}
+	if err != nil {
+		return nil, err
+	}
+	d, err := ls.id.openData(rec.Data)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", errNoSession, err)
+	}
+	return &liveSession{id: ls.id, rec: rec, data: d}, nil
+}
+
+// handoff is a one-time code that gives host the session: Pomerium's way
+// to share one login across hosts no cookie domain covers. The store
+// holds the session secret sealed with a key only the code derives.
+func (g *Gateway) handoff(ctx context.Context, id sessionID, provider string, rd *url.URL) (string, error) {
+	code := randomString(32)
+	b, _ := json.Marshal(handoffTicket{Secret: base64.RawURLEncoding.EncodeToString(id.secret), Provider: provider, Host: hostOnly(rd.Host), RD: rd.RequestURI()})
+	sealed, err := seal(deriveID([]byte(code)).subkey("handoff"), b, "handoff")
+	if err != nil {
+		return "", err
+	}
+	if err := g.store.PutTicket(ctx, "handoff:"+hashString("handoff", code), sealed, time.Minute); err != nil {
+		return "", err
+	}
+	u := url.URL{Scheme: rd.Scheme, Host: rd.Host, Path: "/oauth2/handoff", RawQuery: url.Values{"code": {code}}.Encode()}
+	return u.String(), nil
+}
+
+type handoffTicket struct {
+	Secret   string `json:"secret"`
+	Provider string `json:"provider"`
+	Host     string `json:"host"`
+	RD       string `json:"rd"`
+}
+
+func (g *Gateway) serveHandoff(w http.ResponseWriter, r *http.Request) {
+	code := r.URL.Query().Get("code")
+	fail := func(detail string) {
+		g.log.Warn("session hand-off refused", "detail", detail, "host", r.Host, "client_ip", g.clientIP(r).String())
+		g.errorPage(w, http.StatusBadRequest, "Sign-in link expired", "Start again from the application.")
+	}
+	if code == "" || len(code) > 128 {
+		fail("no code")
+		return
+	}
+	sealed, err := g.store.TakeTicket(r.Context(), "handoff:"+hashString("handoff", code))
+	if err != nil {
+		fail("unknown, expired or used code")
+		return
+	}
+	raw, err := open(deriveID([]byte(code)).subkey("handoff"), sealed, "handoff")
+	var t handoffTicket
+	if err != nil || json.Unmarshal(raw, &t) != nil {
+		fail("code does not decode")
+		return
+	}
+	if t.Host != hostOnly(g.hostOf(r)) {
+		fail("code for host " + t.Host + " used on " + hostOnly(g.hostOf(r)))
+		return
+	}
+	setPageHeaders(w)
+	g.setSessionCookie(w, r, t.Provider, t.Secret, g.set.MaxLifetime)
+	rd := t.RD
+	if !strings.HasPrefix(rd, "/") || strings.HasPrefix(rd, "//") {
+		rd = "/"
+	}
+	http.Redirect(w, r, rd, http.StatusFound)
+}

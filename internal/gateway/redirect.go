@@ -1,0 +1,92 @@
+package gateway
+
+import (
+	"net/url"
+	"strings"
+)
+
+// safeRedirect checks where rd= (or X-Auth-Request-Redirect) would send
+// the browser after login or sign-out and returns it as an absolute URL.
+// A path is taken relative to base (the request's own scheme and host);
+// an absolute URL must be http(s) to the gateway's host, a route's host or
+// an allowed_redirect_domains entry. Anything a browser could read as
+// another host (//evil, /\evil, userinfo, control characters, other
+// schemes) is refused.
+func (g *Gateway) safeRedirect(rd string, base *url.URL) (string, bool) {
+	if rd == "" {
+		return base.Scheme + "://" + base.Host + "/", true
+	}
+	if len(rd) > 4096 {
+		return "", false
+	}
+	for i := 0; i < len(rd); i++ {
+		if c := rd[i]; c <= 0x20 || c == 0x7f || c == '\\' {
+			return "", false
+		}
+	}
+	if strings.HasPrefix(rd, "/") {
+		if strings.HasPrefix(rd, "//") {
+			return "", false
+		}
+		u, err := url.Parse(rd)
+		if err != nil || u.Scheme != "" || u.Host != "" || u.User != nil || u.Opaque != "" {
+			return "", false
+		}
+		return base.Scheme + "://" + base.Host + u.RequestURI() + fragment(u), true
+	}
+	u, err := url.Parse(rd)
+	if err != nil || u.Opaque != "" || u.User != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
+		return "", false
+	}
+	host := strings.ToLower(u.Hostname())
+	if u.Scheme == "http" && g.set.ExternalURL.Scheme == "https" && !isLoopbackHost(host) {
+		return "", false // no downgrade
+	}
+	if !g.redirectHostAllowed(host) {
+		return "", false
+	}
+	if u.Path == "" {
+		u.Path = "/"
+	}
+	return u.String(), true
+}
+
+func fragment(u *url.URL) string {
+	if u.Fragment == "" {
+		return ""
+	}
+	return "#" + u.EscapedFragment()
+}
+
+func (g *Gateway) redirectHostAllowed(host string) bool {
+	if host == "" {
+		return false
+	}
+	if host == g.set.ExternalURL.Hostname() {
+		return true
+	}
+	for _, r := range g.set.Routes {
+		if r.Host != "" && hostMatches(r.Host, host) {
+			return true
+		}
+	}
+	for _, d := range g.set.AllowedRedirectDomains {
+		if strings.HasPrefix(d, ".") {
+			if strings.HasSuffix(host, d) && len(host) > len(d) {
+				return true
+			}
+		} else if host == d {
+			return true
+		}
+	}
+	return false
+}
+
+// hostMatches matches a route host pattern (exact, or *.domain for any
+// subdomain) against a lowercase host without port.
+func hostMatches(pattern, host string) bool {
+	if rest, ok := strings.CutPrefix(pattern, "*"); ok {
+		return strings.HasSuffix(host, rest) && len(host) > len(rest)
+	}
+	return pattern == host
+}
