@@ -49,7 +49,6 @@ const (
 	DefaultDataDir   = "./.trustmesh/dev"
 	DefaultBasePort  = 18000
 	DefaultInterval  = time.Second
-	entryHint        = "trustmesh-dev"
 	markerFile       = ".trustmesh-dev"
 	stateFile        = "dev.json"
 	examplePolicyDir = "examples/policies/matrix"
@@ -71,18 +70,19 @@ type Options struct {
 
 // State is what a running dev mesh records for `trustmesh dev status`.
 type State struct {
-	PID         int            `json:"pid"`
-	DataDir     string         `json:"data_dir"`
-	Started     time.Time      `json:"started"`
-	TrustDomain string         `json:"trust_domain"`
-	AdminSocket string         `json:"admin_socket"`
-	AgentSocket string         `json:"agent_socket"`
-	Server      string         `json:"server"`
-	Metrics     string         `json:"server_metrics"`
-	Ingress     string         `json:"ingress,omitempty"`
-	Policies    string         `json:"policies"`
-	AuditLog    string         `json:"audit_log"`
-	Services    []ServiceState `json:"services,omitempty"`
+	PID          int            `json:"pid"`
+	DataDir      string         `json:"data_dir"`
+	Started      time.Time      `json:"started"`
+	TrustDomain  string         `json:"trust_domain"`
+	AdminSocket  string         `json:"admin_socket"`
+	AgentSocket  string         `json:"agent_socket"`
+	AgentMetrics string         `json:"agent_metrics"`
+	Server       string         `json:"server"`
+	Metrics      string         `json:"server_metrics"`
+	Ingress      string         `json:"ingress,omitempty"`
+	Policies     string         `json:"policies"`
+	AuditLog     string         `json:"audit_log"`
+	Services     []ServiceState `json:"services,omitempty"`
 
 	cleanup func() // removes what the demo made outside the data dir
 }
@@ -162,7 +162,7 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
-	srvLog, closeSrvLog, err := fileLogger(filepath.Join(logDir, "server.log"))
+	srvLog, closeSrvLog, err := fileLogger(filepath.Join(logDir, "server.log"), slog.LevelInfo)
 	if err != nil {
 		return err
 	}
@@ -197,14 +197,18 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 	socket := agentSocketPath(dir)
+	agentMetrics, err := pa.take()
+	if err != nil {
+		return err
+	}
 	agentSet, err := agent.Config{
 		Server: srv.Addr().String(), TrustDomain: TrustDomain, TrustBundle: bundleFile, JoinToken: tok.Token,
-		Socket: socket, DataDir: agentDir,
+		Socket: socket, DataDir: agentDir, MetricsAddr: agentMetrics,
 	}.Resolve()
 	if err != nil {
 		return err
 	}
-	agentLog, closeAgentLog, err := fileLogger(filepath.Join(logDir, "agent.log"))
+	agentLog, closeAgentLog, err := fileLogger(filepath.Join(logDir, "agent.log"), slog.LevelInfo)
 	if err != nil {
 		return err
 	}
@@ -226,7 +230,7 @@ func Run(ctx context.Context, o Options) error {
 
 	st := &State{
 		PID: os.Getpid(), DataDir: dir, Started: started, TrustDomain: TrustDomain, AdminSocket: srvSet.AdminSocket,
-		AgentSocket: socket, Server: srv.Addr().String(), Metrics: srvMetrics, Policies: policyDir,
+		AgentSocket: socket, AgentMetrics: agentMetrics, Server: srv.Addr().String(), Metrics: srvMetrics, Policies: policyDir,
 		AuditLog: filepath.Join(dir, "audit.log"),
 	}
 	feed, err := newFeed(o.Out, o.Color, st.AuditLog)
@@ -293,12 +297,12 @@ func waitReady(ctx context.Context, ready <-chan struct{}, what string) error {
 	}
 }
 
-func fileLogger(path string) (*slog.Logger, func(), error) {
+func fileLogger(path string, level slog.Level) (*slog.Logger, func(), error) {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, nil, err
 	}
-	return slog.New(slog.NewTextHandler(f, nil)), func() { f.Close() }, nil
+	return slog.New(slog.NewTextHandler(f, &slog.HandlerOptions{Level: level})), func() { f.Close() }, nil
 }
 
 // prepareDataDir creates (or, with reset, recreates) the data dir. Only a
@@ -482,22 +486,36 @@ func startDemo(ctx context.Context, o Options, dir, logDir, policyDir, overlayDi
 		return nil, err
 	}
 	st.cleanup = cleanup
-	// Registration: one entry per service, selecting its binary and uid.
+	// Registration: one entry per service, selecting its binary and uid;
+	// entries of an earlier run (under an earlier agent) go first.
 	old, err := admin.ListEntries(ctx, "", "")
 	if err != nil {
 		return nil, err
 	}
+	ours := map[string]bool{SPIFFEID(DeveloperName): true}
+	for _, s := range Services {
+		ours[SPIFFEID(s.Name)] = true
+	}
 	for _, e := range old {
-		if e.Hint == entryHint {
+		if ours[e.SPIFFEID] {
 			if _, err := admin.DeleteEntry(ctx, e.ID); err != nil {
 				return nil, err
 			}
 		}
 	}
 	uid := fmt.Sprint(os.Getuid())
+	// You, the developer: any process of your uid gets this identity, so
+	// `trustmesh api fetch x509` works from your shell. No policy allows it.
+	if _, err := admin.CreateEntry(ctx, apiv1.EntryCreate{
+		SPIFFEID: SPIFFEID(DeveloperName), ParentID: agentID, Hint: DeveloperName, Selectors: []string{"unix:uid:" + uid},
+	}); err != nil {
+		return nil, fmt.Errorf("register the developer: %w", err)
+	}
 	for _, s := range Services {
 		if _, err := admin.CreateEntry(ctx, apiv1.EntryCreate{
-			SPIFFEID: SPIFFEID(s.Name), ParentID: agentID, Hint: entryHint,
+			// The hint names the SVID, so a workload holding several (its
+			// own and the developer's) can tell them apart.
+			SPIFFEID: SPIFFEID(s.Name), ParentID: agentID, Hint: s.Name,
 			Selectors: []string{"unix:path:" + bins[s.Name], "unix:uid:" + uid},
 		}); err != nil {
 			return nil, fmt.Errorf("register %s: %w", s.Name, err)
@@ -635,8 +653,12 @@ func printBanner(w io.Writer, st *State, o Options, took time.Duration) {
 	row("admin socket", st.AdminSocket+"   (TRUSTMESH_ADMIN_SOCKET for trustmesh entry|agent|bundle …)")
 	row("workload API", st.AgentSocket+"   (SPIFFE_ENDPOINT_SOCKET=unix://"+st.AgentSocket+")")
 	row("server", st.Server+" (agent API, mTLS)   metrics http://"+st.Metrics+"/metrics")
+	row("agent", "metrics http://"+st.AgentMetrics+"/metrics")
 	row("policies", st.Policies+"   (edit them: changes apply live)")
 	row("audit log", st.AuditLog)
+	if len(st.Services) > 0 {
+		row("you", SPIFFEID(DeveloperName)+"   (SPIFFE_ENDPOINT_SOCKET=unix://"+st.AgentSocket+" trustmesh api fetch x509)")
+	}
 	if o.Permissive {
 		row("mTLS", "PERMISSIVE: plaintext is served as unauthenticated")
 	} else {

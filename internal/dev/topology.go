@@ -27,6 +27,10 @@ var Services = []Service{
 	{Name: "cache"},
 }
 
+// DeveloperName is the identity dev registers for the user's own
+// processes (selector: their uid).
+const DeveloperName = "developer"
+
 // SPIFFEID is a demo service's identity.
 func SPIFFEID(name string) string {
 	return "spiffe://" + TrustDomain + "/ns/default/sa/" + name

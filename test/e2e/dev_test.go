@@ -16,10 +16,16 @@ import (
 
 // TestDevMesh runs `trustmesh dev` as a user would: waits for it, calls an
 // allowed and a forbidden edge through the ingress (real mTLS between real
-// proxies), checks the audit log and `dev status`, then Ctrl-C (SIGINT)
-// must leave no process or socket behind.
+// proxies), checks the audit log, `dev status` and the developer's own
+// SVID, then Ctrl-C (SIGINT) must leave no process or socket behind. A
+// second start on the same data dir works too.
 func TestDevMesh(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "dev")
+	runDevMesh(t, dir, true)
+	runDevMesh(t, dir, false)
+}
+
+func runDevMesh(t *testing.T, dir string, full bool) {
 	cmd := exec.Command(binary, "dev", "--data-dir", dir, "--base-port", "0", "--color", "never", "--traffic-interval", "200ms")
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
@@ -76,9 +82,22 @@ func TestDevMesh(t *testing.T) {
 	if len(st.Services) != 6 {
 		t.Fatalf("services: %+v", st.Services)
 	}
+	if full {
+		checkDevMesh(t, dir, st.Ingress, st.AuditLog, st.AgentSocket, out)
+	}
+	stopDevMesh(t, dir, cmd, done, &stderr, st.AdminSocket, st.AgentSocket, func() []int {
+		var pids []int
+		for _, s := range st.Services {
+			pids = append(pids, s.PID)
+		}
+		return pids
+	}())
+}
+
+func checkDevMesh(t *testing.T, dir, ingress, auditLog, agentSocket string, out *syncBuffer) {
 	get := func(path string) (int, map[string]any) {
 		t.Helper()
-		resp, err := http.Get("http://" + st.Ingress + path)
+		resp, err := http.Get("http://" + ingress + path)
 		if err != nil {
 			t.Fatalf("GET %s: %v", path, err)
 		}
@@ -110,9 +129,31 @@ func TestDevMesh(t *testing.T) {
 	if code != 403 || res["response"] != "RBAC: access denied" || res["from"] != "frontend" || res["to"] != "database" {
 		t.Fatalf("GET /call/database: %d %v", code, res)
 	}
+	// The tour: a policy file changed on disk applies without a restart.
+	tour := `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: tour-frontend-to-database, namespace: default}
+spec:
+  selector: {matchLabels: {app: database}}
+  rules: [{from: [{source: {principals: ["cluster.local/ns/default/sa/frontend"]}}]}]
+`
+	if err := os.WriteFile(filepath.Join(dir, "policies", "tour.yaml"), []byte(tour), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, func() (bool, bool) {
+		code, _ := get("/call/database")
+		return true, code == 200
+	}, nil)
+	if err := os.Remove(filepath.Join(dir, "policies", "tour.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, func() (bool, bool) {
+		code, _ := get("/call/database")
+		return true, code == 403
+	}, nil)
 	// The audit log has both, with the deciding policy.
 	waitFor(t, 10*time.Second, func() (bool, bool) {
-		data, _ := os.ReadFile(st.AuditLog)
+		data, _ := os.ReadFile(auditLog)
 		var allowed, denied bool
 		for _, line := range strings.Split(string(data), "\n") {
 			var r map[string]any
@@ -139,7 +180,16 @@ func TestDevMesh(t *testing.T) {
 			t.Errorf("dev status lacks %q:\n%s", want, status)
 		}
 	}
+	// The tour's last step: your own SVID, from your shell.
+	cmd := exec.Command(binary, "api", "fetch", "x509", "-o", "json")
+	cmd.Env = append(os.Environ(), "SPIFFE_ENDPOINT_SOCKET=unix://"+agentSocket)
+	fetched, err := cmd.Output()
+	if err != nil || !strings.Contains(string(fetched), "spiffe://example.org/ns/default/sa/developer") {
+		t.Errorf("api fetch x509: %v\n%s", err, fetched)
+	}
+}
 
+func stopDevMesh(t *testing.T, dir string, cmd *exec.Cmd, done chan error, stderr *syncBuffer, adminSocket, agentSocket string, pids []int) {
 	// Ctrl-C.
 	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
 		t.Fatal(err)
@@ -147,17 +197,17 @@ func TestDevMesh(t *testing.T) {
 	select {
 	case err := <-done:
 		if err != nil {
-			t.Fatalf("dev exited with %v\n%s", err, &stderr)
+			t.Fatalf("dev exited with %v\n%s", err, stderr)
 		}
 	case <-time.After(60 * time.Second):
 		t.Fatal("dev ignored SIGINT")
 	}
-	for _, s := range st.Services {
-		if err := syscall.Kill(s.PID, 0); err == nil {
-			t.Errorf("workload %s (pid %d) still running", s.Name, s.PID)
+	for _, pid := range pids {
+		if err := syscall.Kill(pid, 0); err == nil {
+			t.Errorf("workload pid %d still running", pid)
 		}
 	}
-	for _, sock := range []string{st.AdminSocket, st.AgentSocket} {
+	for _, sock := range []string{adminSocket, agentSocket} {
 		if _, err := os.Stat(sock); !os.IsNotExist(err) {
 			t.Errorf("socket %s left behind", sock)
 		}

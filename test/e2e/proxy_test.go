@@ -282,3 +282,41 @@ func TestProxyConfigExample(t *testing.T) {
 		t.Fatalf("bad config: exit %d: %s", code, errOut)
 	}
 }
+
+// TestDeployExamples validates examples/deploy's configs with the real
+// commands (file paths that only exist on a deployed host are pointed at
+// stand-ins).
+func TestDeployExamples(t *testing.T) {
+	dir := t.TempDir()
+	examples := filepath.Join("..", "..", "examples", "deploy")
+	// A CA certificate to stand in for the node CA, trust bundle and node cert.
+	srv := startServer(t, filepath.Join(dir, "server"))
+	pem := mustRun(t, "bundle", "show", "--admin-socket", srv.socket)
+	for _, f := range []string{"node-ca.pem", "bundle.pem", "cert.pem", "key.pem"} {
+		os.WriteFile(filepath.Join(dir, f), []byte(pem), 0o600)
+	}
+	rewrite := func(name string, repl ...string) string {
+		data, err := os.ReadFile(filepath.Join(examples, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := strings.NewReplacer(repl...).Replace(string(data))
+		p := filepath.Join(dir, name)
+		os.WriteFile(p, []byte(s), 0o600)
+		return p
+	}
+	server := rewrite("server.yaml", "/etc/trustmesh/node-ca.pem", filepath.Join(dir, "node-ca.pem"),
+		"/var/lib/trustmesh/server", filepath.Join(dir, "srv"), "/run/trustmesh/admin.sock", filepath.Join(dir, "admin.sock"))
+	if out := mustRun(t, "server", "validate", "--config", server); !strings.Contains(out, "valid") {
+		t.Fatalf("server validate: %s", out)
+	}
+	agent := rewrite("agent.yaml", "/etc/trustmesh/bundle.pem", filepath.Join(dir, "bundle.pem"),
+		"/etc/trustmesh/node/cert.pem", filepath.Join(dir, "cert.pem"), "/etc/trustmesh/node/key.pem", filepath.Join(dir, "key.pem"),
+		"/var/lib/trustmesh/agent", filepath.Join(dir, "agent"))
+	if out := mustRun(t, "agent", "validate", "--config", agent); !strings.Contains(out, "valid") {
+		t.Fatalf("agent validate: %s", out)
+	}
+	if out := mustRun(t, "proxy", "validate", "--config", filepath.Join(examples, "proxy.yaml")); !strings.Contains(out, "valid") {
+		t.Fatalf("proxy validate: %s", out)
+	}
+}
