@@ -276,7 +276,9 @@ func (p *Proxy) loadPolicy(ctx context.Context, td spiffeid.TrustDomain) (*polic
 		if set == nil {
 			return nil, fmt.Errorf("built-in policy: %v", problems)
 		}
-		p.log.Warn("no policy configured (--policy): every request is denied")
+		if len(p.set.Inbound) > 0 {
+			p.log.Warn("no policy configured (--policy): every inbound request is denied")
+		}
 		return set, nil
 	}
 	set, problems := policy.LoadAndCompile(ctx, p.set.PolicyPaths, p.set.PolicyData, opts)
