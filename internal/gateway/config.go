@@ -196,17 +196,17 @@ func (l *StringList) UnmarshalYAML(n *yaml.Node) error {
 
 // Settings is the validated configuration.
 type Settings struct {
-	Listen      string
-	ExternalURL *url.URL
-	TLSCert     string
-	TLSKey      string
-	Providers   []Provider
-	Bearer      []BearerIssuer
-	Store       string
+	Listen                                                string
+	ExternalURL                                           *url.URL
+	TLSCert                                               string
+	TLSKey                                                string
+	Providers                                             []Provider
+	Bearer                                                []BearerIssuer
+	Store                                                 string
 	IdleTimeout, MaxLifetime, RefreshBefore, LoginTimeout time.Duration
-	CookieName   string
-	CookieDomain string
-	Routes       []Route
+	CookieName                                            string
+	CookieDomain                                          string
+	Routes                                                []Route
 
 	AssertionKeyFile string
 	AssertionTTL     time.Duration
@@ -242,13 +242,13 @@ type BearerIssuer struct {
 
 // Route is a validated route.
 type Route struct {
-	Name       string
-	Host       string // lowercase; "" any host; "*.example.com" any subdomain
-	PathPrefix string
-	Upstream   *url.URL // nil: forward-auth only
-	H2C        bool
-	Provider   string // "" when the route takes bearer tokens only
-	Allow      *AllowConfig
+	Name            string
+	Host            string // lowercase; "" any host; "*.example.com" any subdomain
+	PathPrefix      string
+	Upstream        *url.URL // nil: forward-auth only
+	H2C             bool
+	Provider        string // "" when the route takes bearer tokens only
+	Allow           *AllowConfig
 	PolicyPaths     []string
 	PolicyNamespace string
 	PolicyLabels    map[string]string

@@ -29,13 +29,13 @@ func (g *Gateway) safeRedirect(rd string, base *url.URL) (string, bool) {
 			return "", false
 		}
 		u, err := url.Parse(rd)
-		if err != nil || u.Scheme != "" || u.Host != "" || u.User != nil || u.Opaque != "" {
+		if err != nil || u.Scheme != "" || u.Host != "" || u.User != nil || u.Opaque != "" || hasControl(u.Path) {
 			return "", false
 		}
 		return base.Scheme + "://" + base.Host + u.RequestURI() + fragment(u), true
 	}
 	u, err := url.Parse(rd)
-	if err != nil || u.Opaque != "" || u.User != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
+	if err != nil || u.Opaque != "" || hasControl(u.Path) || u.User != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
 		return "", false
 	}
 	host := strings.ToLower(u.Hostname())
@@ -89,4 +89,15 @@ func hostMatches(pattern, host string) bool {
 		return strings.HasSuffix(host, rest) && len(host) > len(rest)
 	}
 	return pattern == host
+}
+
+// hasControl: a decoded path with control characters or backslashes is
+// refused too (%0d%0a, %5c).
+func hasControl(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c == 0x7f || c == '\\' {
+			return true
+		}
+	}
+	return false
 }

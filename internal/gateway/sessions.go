@@ -248,6 +248,8 @@ func (g *Gateway) loadSession(ctx context.Context, r *http.Request, provider str
 			if err != nil {
 				return nil, err // errNoSession when the IdP revoked it
 			}
+			cp := *ls // shared by the requests that waited on one refresh
+			ls = &cp
 		}
 		g.touch(ctx, ls, now)
 		return ls, nil

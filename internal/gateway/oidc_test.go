@@ -1,0 +1,356 @@
+package gateway
+
+import (
+	"net/http"
+	"net/url"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
+)
+
+// TestLoginFlow: a browser without a session goes to the IdP (code +
+// PKCE S256, state, nonce), comes back through /oauth2/callback to a
+// server-side session, and reaches the upstream with its identity.
+func TestLoginFlow(t *testing.T) {
+	h := newHarness(t, harnessOpts{})
+	c := h.browser()
+	first := h.get(noFollow(c), "/dashboard?x=1", nil)
+	if first.StatusCode != http.StatusFound || !strings.HasPrefix(first.Header.Get("Location"), "/oauth2/start?rd=") {
+		t.Fatalf("no session: %d %s", first.StatusCode, first.Header.Get("Location"))
+	}
+	start := h.get(noFollow(c), first.Header.Get("Location"), nil)
+	loc, _ := url.Parse(start.Header.Get("Location"))
+	q := loc.Query()
+	if start.StatusCode != http.StatusFound || !strings.HasPrefix(loc.String(), h.idp.m.AuthorizationEndpoint()) ||
+		q.Get("code_challenge_method") != "S256" || len(q.Get("code_challenge")) != 43 || len(q.Get("state")) < 32 ||
+		len(q.Get("nonce")) < 32 || q.Get("redirect_uri") != h.url+"/oauth2/callback" || q.Get("response_type") != "code" {
+		t.Fatalf("authorization request: %s", loc)
+	}
+	resp := h.get(c, loc.String(), nil) // through the IdP and the callback
+	if resp.StatusCode != http.StatusOK || resp.Request.URL.String() != h.url+"/dashboard?x=1" {
+		t.Fatalf("after login: %d at %s", resp.StatusCode, resp.Request.URL)
+	}
+	hdr := h.up.header()
+	if hdr.Get("X-Auth-Request-User") != "1234567890" || hdr.Get("X-Auth-Request-Email") != "jane.doe@example.com" ||
+		hdr.Get("X-Auth-Request-Groups") != "engineering,design" || hdr.Get("X-Auth-Request-Preferred-Username") != "jane.doe" {
+		t.Fatalf("identity headers: %v", hdr)
+	}
+	if hdr.Get("X-Test-Path") != "/dashboard" {
+		t.Fatalf("upstream path %q", hdr.Get("X-Test-Path"))
+	}
+	if strings.Contains(hdr.Get("Cookie"), DefaultCookieName) {
+		t.Fatalf("the session cookie reached the upstream: %q", hdr.Get("Cookie"))
+	}
+	verifyAssertion(t, h, hdr.Get("X-Trustmesh-Jwt-Assertion"), "127.0.0.1", h.idp.m.Issuer()+"/1234567890")
+
+	ck := sessionCookie(c, h.url, DefaultCookieName)
+	if ck == nil || !regexp.MustCompile(`^[A-Za-z0-9_-]{43}$`).MatchString(ck.Value) {
+		t.Fatalf("session cookie: %+v", ck)
+	}
+	// The cookie's attributes, from the callback's Set-Cookie.
+	if h.idp.codes.Load() != 1 {
+		t.Fatalf("%d code exchanges, want 1", h.idp.codes.Load())
+	}
+	a := h.lastAudit("login")
+	if a["decision"] != "allow" || a["source_principal"] != h.idp.m.Issuer()+"/1234567890" || a["idp"] != "corp" {
+		t.Fatalf("login audit: %v", a)
+	}
+	// The session goes on without the IdP.
+	before := h.up.hits.Load()
+	if r := h.get(c, "/other", nil); r.StatusCode != http.StatusOK || h.up.hits.Load() != before+1 {
+		t.Fatalf("with the session: %d", r.StatusCode)
+	}
+	if h.idp.codes.Load() != 1 {
+		t.Fatal("a request with a session went back to the IdP")
+	}
+	logs := h.logs.String() + readFile(t, h.audit)
+	if strings.Contains(logs, ck.Value) {
+		t.Fatal("the session cookie value is in a log line")
+	}
+}
+
+func verifyAssertion(t *testing.T, h *harness, raw, aud, sub string) {
+	t.Helper()
+	resp := h.get(h.browser(), "/.well-known/trustmesh/jwks.json", nil)
+	var set jose.JSONWebKeySet
+	if err := jsonDecode(resp, &set); err != nil || len(set.Keys) != 1 {
+		t.Fatalf("jwks: %v", err)
+	}
+	tok, err := jwt.ParseSigned(raw, []jose.SignatureAlgorithm{jose.ES256})
+	if err != nil {
+		t.Fatalf("assertion %q: %v", raw, err)
+	}
+	var std jwt.Claims
+	var extra struct {
+		Email  string   `json:"email"`
+		Groups []string `json:"groups"`
+	}
+	if err := tok.Claims(set.Keys[0].Key, &std, &extra); err != nil {
+		t.Fatalf("assertion signature: %v", err)
+	}
+	if err := std.Validate(jwt.Expected{Issuer: h.url, AnyAudience: jwt.Audience{aud}, Time: h.clock.Now()}); err != nil {
+		t.Fatalf("assertion claims: %v", err)
+	}
+	if std.Subject != sub {
+		t.Fatalf("assertion sub %q, want %q", std.Subject, sub)
+	}
+}
+
+func TestSessionCookieAttributes(t *testing.T) {
+	h := newHarness(t, harnessOpts{})
+	c := h.browser()
+	loc := h.get(noFollow(c), "/", nil).Header.Get("Location")
+	authz := h.get(noFollow(c), loc, nil).Header.Get("Location")
+	cb := h.get(noFollow(c), authz, nil).Header.Get("Location")
+	resp := h.get(noFollow(c), cb, nil)
+	var sc *http.Cookie
+	for _, ck := range resp.Cookies() {
+		if ck.Name == DefaultCookieName {
+			sc = ck
+		}
+	}
+	if sc == nil || !sc.HttpOnly || sc.SameSite != http.SameSiteLaxMode || sc.Secure || sc.Path != "/" || len(sc.Value) != 43 {
+		t.Fatalf("session cookie: %+v", sc)
+	}
+	for _, k := range []string{"Content-Security-Policy", "X-Frame-Options", "X-Content-Type-Options", "Referrer-Policy", "Cache-Control"} {
+		if resp.Header.Get(k) == "" {
+			t.Errorf("callback response lacks %s", k)
+		}
+	}
+}
+
+// TestCallbackReplayAndCSRF: a state is single use, and a callback from
+// another browser (no binding cookie) is refused.
+func TestCallbackReplayAndCSRF(t *testing.T) {
+	h := newHarness(t, harnessOpts{})
+	victim := h.browser()
+	attacker := h.browser()
+	loc := h.get(noFollow(attacker), "/", nil).Header.Get("Location")
+	authz := h.get(noFollow(attacker), loc, nil).Header.Get("Location")
+	cb := h.get(noFollow(attacker), authz, nil).Header.Get("Location")
+	// The attacker sends its callback URL to the victim (login CSRF).
+	if r := h.get(noFollow(victim), cb, nil); r.StatusCode != http.StatusForbidden {
+		t.Fatalf("callback without the binding cookie: %d", r.StatusCode)
+	}
+	if a := h.lastAudit("login"); a["decision"] != "deny" || !strings.Contains(a["reason"].(string), "state_not_bound") {
+		t.Fatalf("audit: %v", a)
+	}
+	// The state was consumed: even the right browser cannot replay it.
+	if r := h.get(noFollow(attacker), cb, nil); r.StatusCode != http.StatusBadRequest {
+		t.Fatalf("replayed callback: %d", r.StatusCode)
+	}
+	if r := h.get(noFollow(attacker), "/oauth2/callback?code=x&state=made-up", nil); r.StatusCode != http.StatusBadRequest {
+		t.Fatalf("made-up state: %d", r.StatusCode)
+	}
+}
+
+func TestIdPErrorOnCallback(t *testing.T) {
+	h := newHarness(t, harnessOpts{})
+	c := h.browser()
+	loc := h.get(noFollow(c), "/", nil).Header.Get("Location")
+	authz, _ := url.Parse(h.get(noFollow(c), loc, nil).Header.Get("Location"))
+	state := authz.Query().Get("state")
+	r := h.get(noFollow(c), "/oauth2/callback?error=access_denied&error_description=no&state="+url.QueryEscape(state), nil)
+	if r.StatusCode != http.StatusForbidden || strings.Contains(bodyOf(r), "access_denied") {
+		t.Fatalf("IdP error: %d %s", r.StatusCode, bodyOf(r))
+	}
+}
+
+// TestRefresh: when the ID token nears expiry the session is renewed with
+// the refresh token, once, however many requests arrive together.
+func TestRefresh(t *testing.T) {
+	h := newHarness(t, harnessOpts{mutate: func(c *Config) {
+		c.Session.IdleTimeout.Raw = "1h"
+	}})
+	c := h.login("/")
+	h.advance(9*time.Minute + 30*time.Second) // the mock's tokens live 10m; refresh_before is 1m
+	var wg sync.WaitGroup
+	codes := make([]int, 20)
+	for i := range codes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req, _ := http.NewRequest(http.MethodGet, h.url+"/x", nil)
+			resp, err := c.Do(req)
+			if err == nil {
+				codes[i] = resp.StatusCode
+				resp.Body.Close()
+			}
+		}()
+	}
+	wg.Wait()
+	for i, code := range codes {
+		if code != http.StatusOK {
+			t.Fatalf("request %d: %d", i, code)
+		}
+	}
+	if n := h.idp.refreshes.Load(); n != 1 {
+		t.Fatalf("%d refresh grants for 20 concurrent requests, want 1", n)
+	}
+	// Refreshed: no further refresh until the new token nears expiry.
+	h.advance(time.Minute)
+	if r := h.get(c, "/y", nil); r.StatusCode != http.StatusOK || h.idp.refreshes.Load() != 1 {
+		t.Fatalf("after refresh: %d, %d refreshes", r.StatusCode, h.idp.refreshes.Load())
+	}
+	h.advance(9 * time.Minute)
+	if r := h.get(c, "/z", nil); r.StatusCode != http.StatusOK || h.idp.refreshes.Load() != 2 {
+		t.Fatalf("second refresh: %d, %d refreshes", r.StatusCode, h.idp.refreshes.Load())
+	}
+}
+
+// TestRefreshRevoked: a refresh the IdP refuses ends the session.
+func TestRefreshRevoked(t *testing.T) {
+	h := newHarness(t, harnessOpts{mutate: func(c *Config) { c.Session.IdleTimeout.Raw = "2h" }})
+	c := h.login("/")
+	// The refresh token (60m) is past its life: the IdP refuses it.
+	h.advance(61 * time.Minute)
+	r := h.get(noFollow(c), "/", nil)
+	if r.StatusCode != http.StatusFound || !strings.HasPrefix(r.Header.Get("Location"), "/oauth2/start") {
+		t.Fatalf("after a refused refresh: %d %s", r.StatusCode, r.Header.Get("Location"))
+	}
+	if a := h.lastAudit("logout"); !strings.Contains(a["reason"].(string), "refresh refused") {
+		t.Fatalf("audit: %v", a)
+	}
+}
+
+// TestExpiredSession: idle timeout and maximum lifetime end sessions.
+func TestExpiredSession(t *testing.T) {
+	t.Run("idle", func(t *testing.T) {
+		h := newHarness(t, harnessOpts{mutate: func(c *Config) { c.Session.IdleTimeout.Raw = "5m" }})
+		c := h.login("/")
+		h.advance(4 * time.Minute)
+		if r := h.get(noFollow(c), "/", nil); r.StatusCode != http.StatusOK {
+			t.Fatalf("within the idle timeout: %d", r.StatusCode)
+		}
+		h.advance(4 * time.Minute) // 8m since login, 4m since the last request
+		if r := h.get(noFollow(c), "/", nil); r.StatusCode != http.StatusOK {
+			t.Fatalf("activity must renew the idle timer: %d", r.StatusCode)
+		}
+		h.advance(5*time.Minute + time.Second)
+		r := h.get(noFollow(c), "/", nil)
+		if r.StatusCode != http.StatusFound {
+			t.Fatalf("idle session: %d", r.StatusCode)
+		}
+		api := h.get(noFollow(c), "/", map[string]string{"Accept": "application/json"})
+		if api.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("idle session, API call: %d", api.StatusCode)
+		}
+	})
+	t.Run("max_lifetime", func(t *testing.T) {
+		h := newHarness(t, harnessOpts{mutate: func(c *Config) {
+			c.Session.IdleTimeout.Raw = "20m"
+			c.Session.MaxLifetime.Raw = "30m"
+		}})
+		c := h.login("/")
+		for i := 0; i < 3; i++ {
+			h.advance(9 * time.Minute)
+			if r := h.get(noFollow(c), "/", nil); r.StatusCode != http.StatusOK {
+				t.Fatalf("at %d×9m: %d", i+1, r.StatusCode)
+			}
+		}
+		h.advance(4 * time.Minute) // 31m
+		if r := h.get(noFollow(c), "/", nil); r.StatusCode != http.StatusFound {
+			t.Fatalf("past max_lifetime: %d", r.StatusCode)
+		}
+	})
+}
+
+var csrfRE = regexp.MustCompile(`name="csrf" value="([^"]+)"`)
+
+// TestSignOut: sign-out needs the session's CSRF token (or a same-origin
+// navigation), ends the session in the store and clears the cookie.
+func TestSignOut(t *testing.T) {
+	h := newHarness(t, harnessOpts{})
+	c := h.login("/")
+	page := h.get(noFollow(c), "/oauth2/sign_out", nil)
+	m := csrfRE.FindStringSubmatch(bodyOf(page))
+	if page.StatusCode != http.StatusOK || m == nil {
+		t.Fatalf("cross-site GET sign_out must ask for confirmation: %d %s", page.StatusCode, bodyOf(page))
+	}
+	if r := h.get(noFollow(c), "/", nil); r.StatusCode != http.StatusOK {
+		t.Fatal("the confirmation page must not sign out")
+	}
+	// A forged POST (no token, or a wrong one) is refused.
+	for _, tok := range []string{"", "AAAA", strings.Repeat("A", len(m[1]))} {
+		resp, err := noFollow(c).PostForm(h.url+"/oauth2/sign_out", url.Values{"csrf": {tok}})
+		if err != nil || resp.StatusCode != http.StatusForbidden {
+			t.Fatalf("POST with csrf %q: %v %d", tok, err, resp.StatusCode)
+		}
+	}
+	resp, err := noFollow(c).PostForm(h.url+"/oauth2/sign_out", url.Values{"csrf": {m[1]}, "rd": {"/bye"}})
+	if err != nil || resp.StatusCode != http.StatusFound || resp.Header.Get("Location") != h.url+"/bye" {
+		t.Fatalf("sign out: %v %d %s", err, resp.StatusCode, resp.Header.Get("Location"))
+	}
+	if r := h.get(noFollow(c), "/", nil); r.StatusCode != http.StatusFound {
+		t.Fatalf("after sign-out: %d", r.StatusCode)
+	}
+	if a := h.lastAudit("logout"); a["decision"] != "allow" || a["source_principal"] != h.idp.m.Issuer()+"/1234567890" {
+		t.Fatalf("logout audit: %v", a)
+	}
+}
+
+// TestSignOutStolenCookieDead: after sign-out the old cookie value is
+// useless, even replayed by hand.
+func TestSignOutStolenCookieDead(t *testing.T) {
+	h := newHarness(t, harnessOpts{})
+	c := h.login("/")
+	stolen := sessionCookie(c, h.url, DefaultCookieName).Value
+	if r := h.get(noFollow(c), "/oauth2/sign_out", map[string]string{"Sec-Fetch-Site": "same-origin"}); r.StatusCode != http.StatusFound {
+		t.Fatalf("same-origin GET sign_out: %d", r.StatusCode)
+	}
+	r := h.get(noFollow(h.browser()), "/", map[string]string{"Cookie": DefaultCookieName + "=" + stolen, "Accept": "application/json"})
+	if r.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("replayed cookie after sign-out: %d", r.StatusCode)
+	}
+}
+
+// TestRPInitiatedLogout: with an end_session endpoint the browser goes on
+// to the IdP with id_token_hint and post_logout_redirect_uri.
+func TestRPInitiatedLogout(t *testing.T) {
+	h := newHarness(t, harnessOpts{mutate: func(c *Config) {
+		c.IdentityProviders[0].EndSessionURL = "http://127.0.0.1:1/logout"
+	}})
+	c := h.login("/")
+	r := h.get(noFollow(c), "/oauth2/sign_out?rd=/done", map[string]string{"Sec-Fetch-Site": "same-origin"})
+	loc, _ := url.Parse(r.Header.Get("Location"))
+	if r.StatusCode != http.StatusFound || loc.Host != "127.0.0.1:1" || loc.Path != "/logout" ||
+		loc.Query().Get("id_token_hint") == "" || loc.Query().Get("post_logout_redirect_uri") != h.url+"/done" ||
+		loc.Query().Get("client_id") != h.idp.m.ClientID {
+		t.Fatalf("RP-initiated logout: %d %s", r.StatusCode, loc)
+	}
+}
+
+// TestOpenRedirectRefused: rd may only lead to the gateway's own host, a
+// route's host or an allowed domain.
+func TestOpenRedirectRefused(t *testing.T) {
+	h := newHarness(t, harnessOpts{mutate: func(c *Config) {
+		c.Routes = append(c.Routes, RouteConfig{Name: "other", Host: "app.example.com", Upstream: "http://127.0.0.1:1", IdentityProvider: "corp", Allow: &AllowConfig{Authenticated: true}})
+	}})
+	c := h.browser()
+	for _, rd := range []string{
+		"https://evil.example", "https://evil.example/", "//evil.example", "///evil.example", "/\\evil.example", "\\\\evil.example",
+		"https://127.0.0.1.evil.example/", "https://evil.example@127.0.0.1/", "javascript:alert(1)", "data:text/html,x",
+		"https:evil.example", "/%0d%0aLocation:%20https://evil.example", "/\tevil", " https://evil.example", "http://app.example.com.evil.example/",
+		"ftp://127.0.0.1/",
+	} {
+		r := h.get(noFollow(c), "/oauth2/start?rd="+url.QueryEscape(rd), nil)
+		if r.StatusCode != http.StatusBadRequest {
+			t.Errorf("rd=%q: %d %s", rd, r.StatusCode, r.Header.Get("Location"))
+		}
+		r = h.get(noFollow(c), "/oauth2/sign_out?rd="+url.QueryEscape(rd), map[string]string{"Sec-Fetch-Site": "same-origin"})
+		if r.StatusCode != http.StatusBadRequest {
+			t.Errorf("sign_out rd=%q: %d %s", rd, r.StatusCode, r.Header.Get("Location"))
+		}
+	}
+	for _, rd := range []string{"/ok?a=b", h.url + "/ok", "https://app.example.com/x"} {
+		r := h.get(noFollow(c), "/oauth2/start?rd="+url.QueryEscape(rd), nil)
+		if r.StatusCode != http.StatusFound {
+			t.Errorf("rd=%q refused: %d", rd, r.StatusCode)
+		}
+	}
+}
