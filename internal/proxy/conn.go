@@ -135,14 +135,15 @@ type limitListener struct {
 }
 
 func (l *limitListener) Accept() (net.Conn, error) {
-	if !l.p.acquireConn(l.ctx, l.direction, l.name) {
+	if !l.p.acquireSlot(l.ctx) {
 		return nil, net.ErrClosed
 	}
 	c, err := l.Listener.Accept()
 	if err != nil {
-		l.p.releaseConn(l.direction, l.name)
+		l.p.releaseSlot()
 		return nil, err
 	}
+	l.p.connOpened(l.direction, l.name)
 	return &releasingConn{Conn: c, release: func() { l.p.releaseConn(l.direction, l.name) }}, nil
 }
 

@@ -110,12 +110,12 @@ func (in *inbound) serve(ctx context.Context) error {
 // acceptLoop accepts connections within the proxy's connection limit.
 func acceptLoop(ctx context.Context, ln net.Listener, p *Proxy, direction, name string, handle func(context.Context, net.Conn)) error {
 	for {
-		if !p.acquireConn(ctx, direction, name) {
+		if !p.acquireSlot(ctx) {
 			return nil
 		}
 		c, err := ln.Accept()
 		if err != nil {
-			p.releaseConn(direction, name)
+			p.releaseSlot()
 			if errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
 				return nil
 			}
@@ -126,6 +126,7 @@ func acceptLoop(ctx context.Context, ln net.Listener, p *Proxy, direction, name 
 			}
 			return err
 		}
+		p.connOpened(direction, name)
 		go handle(ctx, c)
 	}
 }

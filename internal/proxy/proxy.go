@@ -83,19 +83,27 @@ func (p *Proxy) Engine() *policy.Engine { return p.engine }
 
 func (p *Proxy) trustDomains() []spiffeid.TrustDomain { return p.tds }
 
-func (p *Proxy) acquireConn(ctx context.Context, direction, name string) bool {
+// acquireSlot waits for room under the connection limit (before Accept,
+// so that a full proxy stops accepting rather than accept and drop).
+func (p *Proxy) acquireSlot(ctx context.Context) bool {
 	select {
 	case p.slots <- struct{}{}:
-		p.metrics.connections.WithLabelValues(direction, name).Inc()
 		return true
 	case <-ctx.Done():
 		return false
 	}
 }
 
+func (p *Proxy) releaseSlot() { <-p.slots }
+
+// connOpened counts an accepted connection; releaseConn ends it.
+func (p *Proxy) connOpened(direction, name string) {
+	p.metrics.connections.WithLabelValues(direction, name).Inc()
+}
+
 func (p *Proxy) releaseConn(direction, name string) {
 	p.metrics.connections.WithLabelValues(direction, name).Dec()
-	<-p.slots
+	p.releaseSlot()
 }
 
 // Run serves until ctx ends, then drains in-flight requests for up to the

@@ -67,6 +67,16 @@ func TestAllowedRequestCarriesIdentityAndNoSpoofedHeaders(t *testing.T) {
 	if n := counter(t, m.api, "trustmesh_requests_total", map[string]string{"source_principal": idFrontend, "destination_principal": idAPI, "response_code": "200", "decision": "allow"}); n != 2 {
 		t.Fatalf("requests_total = %v", n)
 	}
+	// The frontend's sidecar reuses its connection to the API's: many
+	// requests, one mTLS connection (HTTP/2).
+	for i := 0; i < 20; i++ {
+		if code, _ := get(t, m.frontURL("api", "/again"), nil); code != 200 {
+			t.Fatal(code)
+		}
+	}
+	if n := counter(t, m.api, "trustmesh_active_connections", map[string]string{"direction": "inbound", "listener": "http"}); n != 1 {
+		t.Fatalf("%v inbound connections for 22 requests, want 1 reused", n)
+	}
 }
 
 func TestDeniedRequestsAndPathTricks(t *testing.T) {
