@@ -158,3 +158,47 @@ func (c *releasingConn) Close() error {
 	c.once.Do(c.release)
 	return err
 }
+
+// tcpConns tracks a listener's piped TCP connections, so shutdown can
+// wait for them to finish and close those still open at the deadline.
+type tcpConns struct {
+	wg    sync.WaitGroup
+	mu    sync.Mutex
+	conns map[net.Conn]struct{}
+}
+
+// start counts one connection's goroutine; done ends it.
+func (t *tcpConns) start() { t.wg.Add(1) }
+func (t *tcpConns) done()  { t.wg.Done() }
+
+// track registers c until the returned func is called.
+func (t *tcpConns) track(c net.Conn) (untrack func()) {
+	t.mu.Lock()
+	if t.conns == nil {
+		t.conns = map[net.Conn]struct{}{}
+	}
+	t.conns[c] = struct{}{}
+	t.mu.Unlock()
+	return func() {
+		t.mu.Lock()
+		delete(t.conns, c)
+		t.mu.Unlock()
+	}
+}
+
+// drain waits for every connection to end, closing all that are still
+// open when ctx ends.
+func (t *tcpConns) drain(ctx context.Context) {
+	done := make(chan struct{})
+	go func() { t.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		t.mu.Lock()
+		for c := range t.conns {
+			c.Close()
+		}
+		t.mu.Unlock()
+		<-done
+	}
+}

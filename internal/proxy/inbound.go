@@ -38,14 +38,11 @@ type inbound struct {
 	srv *http.Server
 	rp  *httputil.ReverseProxy
 
-	// TCP.
-	tcpWG    sync.WaitGroup
-	tcpMu    sync.Mutex
-	tcpConns map[net.Conn]struct{}
+	tcp tcpConns
 }
 
 func (p *Proxy) newInbound(l Listener, ln net.Listener) *inbound {
-	in := &inbound{p: p, l: l, ln: ln, tcpConns: map[net.Conn]struct{}{}}
+	in := &inbound{p: p, l: l, ln: ln}
 	alpn := []string{"h2", "http/1.1"}
 	if l.Protocol == ProtocolTCP {
 		alpn = nil
@@ -175,9 +172,9 @@ func (in *inbound) handle(ctx context.Context, c net.Conn) {
 	_ = c.SetDeadline(time.Time{})
 	if in.l.Protocol == ProtocolTCP {
 		handedOff = true
-		in.tcpWG.Add(1)
+		in.tcp.start()
 		go func() {
-			defer in.tcpWG.Done()
+			defer in.tcp.done()
 			defer in.p.releaseConn("inbound", in.l.Name)
 			in.serveTCP(ctx, conn)
 		}()
@@ -367,8 +364,7 @@ func validRequestID(s string) bool {
 func (in *inbound) serveTCP(ctx context.Context, conn net.Conn) {
 	start := time.Now()
 	p := in.p
-	in.trackTCP(conn, true)
-	defer in.trackTCP(conn, false)
+	defer in.tcp.track(conn)()
 	defer conn.Close()
 	var cs *tls.ConnectionState
 	if tc, ok := conn.(*tls.Conn); ok {
@@ -417,16 +413,6 @@ func (in *inbound) serveTCP(ctx context.Context, conn net.Conn) {
 	p.metrics.duration.WithLabelValues("inbound", in.l.Name).Observe(time.Since(start).Seconds())
 }
 
-func (in *inbound) trackTCP(c net.Conn, add bool) {
-	in.tcpMu.Lock()
-	defer in.tcpMu.Unlock()
-	if add {
-		in.tcpConns[c] = struct{}{}
-	} else {
-		delete(in.tcpConns, c)
-	}
-}
-
 // shutdown stops accepting, lets in-flight requests and connections finish
 // until ctx ends, then closes what is left.
 func (in *inbound) shutdown(ctx context.Context) {
@@ -435,18 +421,7 @@ func (in *inbound) shutdown(ctx context.Context) {
 		in.hl.Close()
 		_ = in.srv.Shutdown(ctx)
 	}
-	done := make(chan struct{})
-	go func() { in.tcpWG.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-ctx.Done():
-		in.tcpMu.Lock()
-		for c := range in.tcpConns {
-			c.Close()
-		}
-		in.tcpMu.Unlock()
-		<-done
-	}
+	in.tcp.drain(ctx)
 }
 
 // statusWriter records the response code. Unwrap lets

@@ -4,13 +4,11 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
-	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -28,15 +26,13 @@ type outbound struct {
 	srv *http.Server
 	tr  *http.Transport
 
-	tlsConf  *tls.Config
-	tcpWG    sync.WaitGroup
-	tcpMu    sync.Mutex
-	tcpConns map[net.Conn]struct{}
+	tlsConf *tls.Config
+	tcp     tcpConns
 }
 
 func (p *Proxy) newOutbound(l Listener, ln net.Listener) *outbound {
 	host, _, _ := net.SplitHostPort(l.Upstream)
-	o := &outbound{p: p, l: l, ln: ln, tcpConns: map[net.Conn]struct{}{}}
+	o := &outbound{p: p, l: l, ln: ln}
 	o.tlsConf = p.id.clientTLS(l.SPIFFEIDs, host)
 	if l.Protocol != ProtocolHTTP {
 		return o
@@ -108,8 +104,8 @@ func (o *outbound) serve(ctx context.Context) error {
 		return err
 	}
 	return acceptLoop(ctx, o.ln, o.p, "outbound", o.l.Name, func(ctx context.Context, c net.Conn) {
-		o.tcpWG.Add(1)
-		defer o.tcpWG.Done()
+		o.tcp.start()
+		defer o.tcp.done()
 		defer o.p.releaseConn("outbound", o.l.Name)
 		o.serveTCP(ctx, c)
 	})
@@ -117,8 +113,7 @@ func (o *outbound) serve(ctx context.Context) error {
 
 func (o *outbound) serveTCP(ctx context.Context, c net.Conn) {
 	defer c.Close()
-	o.track(c, true)
-	defer o.track(c, false)
+	defer o.tcp.track(c)()
 	start := time.Now()
 	d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 5 * time.Second}, Config: o.tlsConf}
 	dctx, cancel := context.WithTimeout(ctx, o.p.set.HandshakeTimeout)
@@ -128,20 +123,9 @@ func (o *outbound) serveTCP(ctx context.Context, c net.Conn) {
 		o.upstreamFailed(err)
 		return
 	}
-	o.track(up, true)
-	defer o.track(up, false)
+	defer o.tcp.track(up)()
 	pipe(c, up)
 	o.p.metrics.duration.WithLabelValues("outbound", o.l.Name).Observe(time.Since(start).Seconds())
-}
-
-func (o *outbound) track(c net.Conn, add bool) {
-	o.tcpMu.Lock()
-	defer o.tcpMu.Unlock()
-	if add {
-		o.tcpConns[c] = struct{}{}
-	} else {
-		delete(o.tcpConns, c)
-	}
 }
 
 func (o *outbound) shutdown(ctx context.Context) {
@@ -151,18 +135,5 @@ func (o *outbound) shutdown(ctx context.Context) {
 		return
 	}
 	o.ln.Close()
-	done := make(chan struct{})
-	go func() { o.tcpWG.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-ctx.Done():
-		o.tcpMu.Lock()
-		for c := range o.tcpConns {
-			c.Close()
-		}
-		o.tcpMu.Unlock()
-		<-done
-	}
+	o.tcp.drain(ctx)
 }
-
-var _ io.Closer = (*chanListener)(nil)
