@@ -77,8 +77,14 @@ func TestServerOutage(t *testing.T) {
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
-	// Past its expiry the SVID is not served: a new stream gets nothing.
-	time.Sleep(time.Until(cached.NotAfter) + 200*time.Millisecond)
+	// Past its expiry the SVID is dropped (not before), and then not
+	// served: a new stream gets nothing until its deadline.
+	eventually(t, time.Until(cached.NotAfter)+10*time.Second, "agent drops the expired SVID", func() bool {
+		return len(ta.Cache().Current().SVIDs) == 0
+	})
+	if now := time.Now(); now.Before(cached.NotAfter) {
+		t.Fatalf("SVID dropped %s before its expiry", cached.NotAfter.Sub(now))
+	}
 	if resp, err := fetchOnce(t, ta, 2*time.Second); status.Code(err) != codes.DeadlineExceeded {
 		t.Fatalf("after expiry during the outage: %v %v", resp, err)
 	}

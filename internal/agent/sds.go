@@ -232,14 +232,14 @@ func (s *sds) StreamSecrets(stream grpc.BidiStreamingServer[discoveryv3.Discover
 				lastSent = nil // answer this request even if nothing changed
 			}
 			haveReq = true
-		case err := <-recvErr:
-			if status.Code(err) == codes.Canceled || ctx.Err() != nil {
-				return nil
+		case <-recvErr:
+			if ctx.Err() != nil {
+				return ctxStatus(ctx)
 			}
 			return nil // io.EOF: Envoy closed the stream
 		case <-snap.Changed():
 		case <-ctx.Done():
-			return nil
+			return ctxStatus(ctx)
 		case <-s.stopping:
 			return status.Error(codes.Unavailable, "agent is stopping")
 		}

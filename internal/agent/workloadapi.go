@@ -81,16 +81,29 @@ func (w *workloads) waitSynced(ctx context.Context) (*Snapshot, error) {
 		select {
 		case <-snap.Changed():
 		case <-ctx.Done():
-			return nil, status.FromContextError(ctx.Err()).Err()
+			return nil, ctxStatus(ctx)
 		case <-w.stopping:
 			return nil, status.Error(codes.Unavailable, "agent is stopping")
 		}
 	}
 }
 
-// stream runs a Workload API or SDS stream: build answers from each
-// snapshot and send those that differ from the last, until the caller
-// leaves or loses its identity.
+// ctxStatus is the status of a call whose context ended: DeadlineExceeded
+// or Canceled, never OK.
+//
+// A handler must not return nil for it. When the caller's deadline passes,
+// its end and ours notice at about the same moment (in tests, in the same
+// process); grpc-go then reports whichever status reaches the caller first,
+// so a nil here would sometimes show the caller a stream that ended
+// cleanly (io.EOF) instead of its deadline.
+func ctxStatus(ctx context.Context) error {
+	return status.FromContextError(ctx.Err()).Err()
+}
+
+// stream runs a Workload API stream: build answers from each snapshot and
+// send those that differ from the last, until the caller leaves (its
+// context's status, never OK: the stream has no natural end), loses its
+// identity or the agent stops.
 func (w *workloads) stream(ctx context.Context, method string, build func(*Snapshot) (proto.Message, error), send func(proto.Message) error) error {
 	w.metrics.streams.WithLabelValues(method).Inc()
 	defer w.metrics.streams.WithLabelValues(method).Dec()
@@ -114,7 +127,7 @@ func (w *workloads) stream(ctx context.Context, method string, build func(*Snaps
 		select {
 		case <-snap.Changed():
 		case <-ctx.Done():
-			return nil
+			return ctxStatus(ctx)
 		case <-w.stopping:
 			return status.Error(codes.Unavailable, "agent is stopping")
 		}

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	apiv1 "github.com/trustmesh/trustmesh/api/v1"
 	"github.com/trustmesh/trustmesh/internal/server"
@@ -364,5 +365,31 @@ func TestTTLsDownTo10sRotate(t *testing.T) {
 	}
 	if !time.Now().Before(first.Certificates[0].NotAfter) {
 		t.Fatal("rotation came after the old SVID expired")
+	}
+}
+
+// TestStreamEndsWithContextStatus: a Workload API stream has no natural
+// end, so one whose caller's context ends reports why, never OK. (With
+// OK, a caller whose deadline passes sees either DeadlineExceeded or a
+// clean io.EOF, depending on which end notices the deadline first.)
+func TestStreamEndsWithContextStatus(t *testing.T) {
+	c := NewCache()
+	c.SetState(nil, nil, time.Now()) // synced, nothing to serve
+	w := &workloads{cache: c, metrics: newAgentMetrics(), log: discardLog(), stopping: make(chan struct{})}
+	build := func(*Snapshot) (proto.Message, error) { return nil, nil }
+	send := func(proto.Message) error {
+		t.Error("stream sent a message with nothing to serve")
+		return nil
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
+	defer cancel()
+	if err := w.stream(ctx, "FetchX509SVID", build, send); status.Code(err) != codes.DeadlineExceeded {
+		t.Errorf("stream past its deadline ended with %v, want DeadlineExceeded", err)
+	}
+	ctx, cancel = context.WithCancel(context.Background())
+	cancel()
+	if err := w.stream(ctx, "FetchX509SVID", build, send); status.Code(err) != codes.Canceled {
+		t.Errorf("canceled stream ended with %v, want Canceled", err)
 	}
 }
