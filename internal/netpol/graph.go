@@ -12,10 +12,10 @@ import (
 	"strconv"
 	"strings"
 
+	yamlv3 "gopkg.in/yaml.v3"
 	metavalidation "k8s.io/apimachinery/pkg/apis/meta/v1/validation"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/apimachinery/pkg/util/validation/field"
-	yamlv3 "gopkg.in/yaml.v3"
 )
 
 // Graph is a declared service graph: the services, and who calls whom on
