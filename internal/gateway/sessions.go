@@ -69,7 +69,8 @@ func parseSessionCookie(v string) (sessionID, bool) {
 		return sessionID{}, false
 	}
 	b, err := base64.RawURLEncoding.DecodeString(v)
-	if err != nil {
+	// The decoder skips \r and \n: the length check catches them.
+	if err != nil || len(b) != cookieSecretLen {
 		return sessionID{}, false
 	}
 	return deriveID(b), true
