@@ -25,6 +25,9 @@ type Finding struct {
 
 func (f Finding) String() string {
 	var b strings.Builder
+	if f.Source != nil {
+		b.WriteString(f.Source.String() + ": ")
+	}
 	fmt.Fprintf(&b, "%s [%s] ", f.Severity, f.Rule)
 	if f.Object != "" {
 		b.WriteString(f.Object)
@@ -36,9 +39,6 @@ func (f Finding) String() string {
 		b.WriteString("namespace " + f.Namespace + ": ")
 	}
 	b.WriteString(f.Message)
-	if f.Source != nil {
-		b.WriteString(" (" + f.Source.String() + ")")
-	}
 	return b.String()
 }
 
@@ -107,7 +107,7 @@ func (l *linter) add(sev Severity, rule string, p *Policy, field, format string,
 	if p != nil {
 		f.Namespace = p.Namespace
 		f.Object = "NetworkPolicy " + p.ID()
-		src := p.Source
+		src := p.FieldSource(field)
 		f.Source = &src
 	}
 	l.out = append(l.out, f)
@@ -410,9 +410,7 @@ func (l *linter) rule(cp *cpolicy, r *crule) {
 		}
 	}
 	if podOnly >= 0 && nsOnly >= 0 {
-		l.add(SeverityInfo, RulePeersORed, p, fmt.Sprintf("%s.%s", base, peerField),
-			"peer %d (podSelector) and peer %d (namespaceSelector) are ORed: %s. To require both, write them in one peer (no dash before podSelector)",
-			podOnly, nsOnly, r.peers[nsOnly].describe(a)+" are allowed whatever their labels")
+		l.peersORed(cp, r, fmt.Sprintf("%s.%s", base, peerField), podOnly, nsOnly)
 	}
 	for i, sp := range specPorts {
 		if sp.Protocol == nil {
@@ -423,6 +421,33 @@ func (l *linter) rule(cp *cpolicy, r *crule) {
 	if r.dir == Ingress {
 		l.broad(cp, r, base, peerField)
 	}
+}
+
+// peersORed reports a podSelector peer beside a namespaceSelector peer:
+// the documented pitfall where one dash too many turns AND into OR. When
+// the namespace peer already covers the pod peer's pods, the pod peer is
+// redundant and the namespace peer lets in every pod there: a warning.
+func (l *linter) peersORed(cp *cpolicy, r *crule, field string, podPeer, nsPeer int) {
+	a := l.a
+	pods, ns := r.peers[podPeer], r.peers[nsPeer]
+	if len(a.pods) > 0 && ns.nsSel.matches(a.c.Namespaces[cp.ns].Labels) {
+		var extra []int32
+		nb, pb := a.peerBits(ns), a.peerBits(pods)
+		for i := range a.pods {
+			if nb.has(i) && !pb.has(i) && a.podNS[i] == cp.ns {
+				extra = append(extra, int32(i))
+			}
+		}
+		msg := fmt.Sprintf("peer %d (%s) lets every pod of namespace %s in, so peer %d (%s) restricts nothing",
+			nsPeer, ns.describe(a), a.c.Namespaces[cp.ns].Name, podPeer, pods.describe(a))
+		if len(extra) > 0 {
+			msg += fmt.Sprintf(": %d more pods are allowed (%s)", len(extra), podList(a, extra))
+		}
+		l.add(SeverityWarning, RulePeersORed, cp.p, field, "%s. Peers are ORed; to require both, write them as one peer (no dash before podSelector)", msg)
+		return
+	}
+	l.add(SeverityInfo, RulePeersORed, cp.p, field, "peer %d (%s) and peer %d (%s) are ORed, not ANDed; to require both, write them as one peer (no dash before podSelector)",
+		podPeer, pods.describe(a), nsPeer, ns.describe(a))
 }
 
 func exceptCovers(b *ipBlock) bool {

@@ -747,7 +747,8 @@ func (l *loader) policy(o *object, d *doc, itemPath string, v *networkingv1.Netw
 	if bad {
 		return // the API server would refuse it: it cannot be in the cluster
 	}
-	p := &Policy{Namespace: o.ns, Name: o.name, Spec: v.Spec, Source: o.src}
+	p := &Policy{Namespace: o.ns, Name: o.name, Spec: v.Spec, Source: o.src,
+		lines: func(field string) int { return fieldLine(d, joinField(itemPath, field)) }}
 	p.Ingress, p.Egress = effectiveTypes(&p.Spec)
 	o.policy = p
 	l.objs = append(l.objs, o)

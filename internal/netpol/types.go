@@ -131,6 +131,19 @@ type Policy struct {
 	Ingress   bool // applies to the selected pods' ingress
 	Egress    bool // applies to their egress
 	Source    Source
+	lines     func(field string) int // line of a field, 0 if unknown
+}
+
+// FieldSource returns where a field of the policy (such as
+// "spec.ingress[0].from[1]") is, falling back to the policy's document.
+func (p *Policy) FieldSource(field string) Source {
+	s := p.Source
+	if p.lines != nil {
+		if n := p.lines(field); n > 0 {
+			s.Line = n
+		}
+	}
+	return s
 }
 
 // ID is "namespace/name".
