@@ -1,0 +1,211 @@
+#!/usr/bin/env bash
+# Gateway benchmark: requests/s and latency through `trustmesh gateway run`
+# (reverse-proxy mode, audit log on) with a valid session cookie and with a
+# valid bearer JWT, next to the same load straight to the upstream, in one
+# run on this machine, interleaved round by round.
+#
+#   bench/gateway.sh                          # 3 rounds of 10 s per setup
+#   ROUNDS=5 DURATION=20 CONNS=128 bench/gateway.sh
+#
+# A real OIDC provider (mockoidc) issues the session (the helper signs in
+# through the gateway's /oauth2/start like a browser) and the bearer token
+# is signed with its key. Targets: gateway >= 0.5x direct throughput,
+# added p99 <= 1 ms.
+#
+# Environment: ROUNDS (3), DURATION seconds (10), WARMUP seconds (2),
+# THREADS (2), CONNS (32), BASE_PORT (18600; uses BASE_PORT..+3), KEEP=1
+# keeps the work directory.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-2}
+THREADS=${THREADS:-2}
+CONNS=${CONNS:-32}
+BASE_PORT=${BASE_PORT:-18600}
+KEEP=${KEEP:-0}
+IDP_ADDR=127.0.0.1:$((BASE_PORT + 1))
+BACKEND_ADDR=127.0.0.1:$((BASE_PORT + 2))
+GW_ADDR=127.0.0.1:$((BASE_PORT + 3))
+
+command -v wrk >/dev/null || { echo "gateway bench: wrk is required (apt-get install wrk)" >&2; exit 1; }
+work=$(mktemp -d)
+helper_dir=$(mktemp -d -p bench .gateway-helper-XXXX)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$helper_dir"
+  if [ "$KEEP" = 1 ]; then echo "work directory: $work" >&2; else rm -rf "$work"; fi
+}
+trap cleanup EXIT
+
+# The helper: the IdP, the upstream, and the credentials (in the repo's
+# module for mockoidc; removed on exit).
+cat >"$helper_dir/main.go" <<'GO'
+package main
+
+import (
+	"crypto/rand"
+	"crypto/rsa"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/cookiejar"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
+	"github.com/oauth2-proxy/mockoidc"
+)
+
+func main() {
+	idpAddr, backendAddr, gwURL, out := os.Args[1], os.Args[2], os.Args[3], os.Args[4]
+	key, _ := rsa.GenerateKey(rand.Reader, 2048)
+	m, _ := mockoidc.NewServer(key)
+	m.ClientID, m.ClientSecret = "bench-client", "bench-secret"
+	m.AccessTTL, m.RefreshTTL = 12*time.Hour, 24*time.Hour
+	ln, err := net.Listen("tcp", idpAddr)
+	if err != nil {
+		panic(err)
+	}
+	if err := m.Start(ln, nil); err != nil {
+		panic(err)
+	}
+	body := strings.Repeat("x", 128)
+	bln, err := net.Listen("tcp", backendAddr)
+	if err != nil {
+		panic(err)
+	}
+	go http.Serve(bln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, body) }))
+	os.WriteFile(out+".idp", []byte(m.Issuer()+"\n"), 0o600)
+	// Wait for the gateway, then sign in like a browser.
+	for i := 0; ; i++ {
+		if resp, err := http.Get(gwURL + "/ping"); err == nil {
+			resp.Body.Close()
+			break
+		}
+		if i > 600 {
+			panic("gateway not up")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	jar, _ := cookiejar.New(nil)
+	c := &http.Client{Jar: jar}
+	resp, err := c.Get(gwURL + "/oauth2/start?rd=/")
+	if err != nil || resp.StatusCode != 200 {
+		panic(fmt.Sprintf("login: %v %v", err, resp))
+	}
+	resp.Body.Close()
+	cookie := ""
+	for _, ck := range resp.Request.Response.Cookies() {
+		if ck.Name == "_trustmesh_session" {
+			cookie = ck.Value
+		}
+	}
+	if cookie == "" {
+		for _, ck := range jar.Cookies(resp.Request.URL) {
+			if ck.Name == "_trustmesh_session" {
+				cookie = ck.Value
+			}
+		}
+	}
+	kid, _ := m.Keypair.KeyID()
+	s, _ := jose.NewSigner(jose.SigningKey{Algorithm: jose.RS256, Key: key}, (&jose.SignerOptions{}).WithType("JWT").WithHeader("kid", kid))
+	now := time.Now()
+	tok, _ := jwt.Signed(s).Claims(map[string]any{"iss": m.Issuer(), "sub": "bench-api", "aud": "bench-api",
+		"iat": now.Unix(), "exp": now.Add(time.Hour).Unix(), "groups": []string{"engineering"}}).Serialize()
+	os.WriteFile(out, []byte(cookie+"\n"+tok+"\n"), 0o600)
+	select {}
+}
+GO
+
+echo "building" >&2
+go build -o "$work/trustmesh" ./cmd/trustmesh
+go build -o "$work/helper" "./$helper_dir"
+"$work/helper" "$IDP_ADDR" "$BACKEND_ADDR" "http://$GW_ADDR" "$work/creds" >"$work/helper.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 200); do [ -s "$work/creds.idp" ] && break; sleep 0.05; done
+[ -s "$work/creds.idp" ] || { cat "$work/helper.log" >&2; exit 1; }
+cat >"$work/gateway.yaml" <<YAML
+listen: $GW_ADDR
+external_url: http://$GW_ADDR
+identity_providers:
+  - {name: corp, issuer: "$(cat "$work/creds.idp")", client_id: bench-client, client_secret: bench-secret, scopes: [openid, profile, email, groups]}
+bearer_tokens:
+  - {issuer: "$(cat "$work/creds.idp")", audiences: [bench-api]}
+session: {store: memory, idle_timeout: 1h, max_lifetime: 12h}
+routes:
+  - {name: app, upstream: "http://$BACKEND_ADDR", identity_provider: corp, allow: {groups: [engineering]}}
+audit_log: $work/audit.log
+log_level: warn
+YAML
+"$work/trustmesh" gateway run --config "$work/gateway.yaml" >"$work/gateway.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 400); do [ -s "$work/creds" ] && break; sleep 0.05; done
+[ -s "$work/creds" ] || { cat "$work/helper.log" "$work/gateway.log" >&2; exit 1; }
+COOKIE=$(sed -n 1p "$work/creds")
+TOKEN=$(sed -n 2p "$work/creds")
+[ -n "$COOKIE" ] && [ -n "$TOKEN" ] || { echo "no credentials" >&2; exit 1; }
+curl -fsS -o /dev/null -H "Cookie: _trustmesh_session=$COOKIE" "http://$GW_ADDR/" || { echo "session request failed" >&2; exit 1; }
+curl -fsS -o /dev/null -H "Authorization: Bearer $TOKEN" "http://$GW_ADDR/" || { echo "bearer request failed" >&2; exit 1; }
+
+# wrk prints Requests/sec and, with --latency, the 99% line.
+measure() { # name duration args...
+  local name=$1 d=$2; shift 2
+  local out
+  out=$(wrk -t"$THREADS" -c"$CONNS" -d"${d}s" --latency "$@")
+  local rps p99
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  p99=$(awk '$1 == "99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v=v*1000}; print v}' <<<"$out")
+  local errs
+  errs=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out")
+  [ -z "$errs" ] || echo "  $name: $errs" >&2
+  echo "$name $rps $p99"
+}
+direct=(http://$BACKEND_ADDR/)
+sess=(-H "Cookie: _trustmesh_session=$COOKIE" http://$GW_ADDR/)
+bear=(-H "Authorization: Bearer $TOKEN" http://$GW_ADDR/)
+
+echo "warming up" >&2
+measure direct "$WARMUP" "${direct[@]}" >/dev/null
+measure session "$WARMUP" "${sess[@]}" >/dev/null
+measure bearer "$WARMUP" "${bear[@]}" >/dev/null
+results=$work/results
+: >"$results"
+for r in $(seq 1 "$ROUNDS"); do
+  echo "round $r/$ROUNDS" >&2
+  setups=(direct session bearer)
+  for i in 0 1 2; do
+    s=${setups[$(((i + r) % 3))]}
+    case $s in
+      direct) measure direct "$DURATION" "${direct[@]}" >>"$results" ;;
+      session) measure session "$DURATION" "${sess[@]}" >>"$results" ;;
+      bearer) measure bearer "$DURATION" "${bear[@]}" >>"$results" ;;
+    esac
+  done
+done
+echo
+echo "wrk -t$THREADS -c$CONNS, $ROUNDS rounds of ${DURATION}s, medians:"
+awk '
+{ rps[$1, ++n[$1]] = $2; p99[$1, n[$1]] = $3 }
+function median(arr, name, k,   i, j, t, v) {
+  for (i = 1; i <= k; i++) v[i] = arr[name, i]
+  for (i = 1; i <= k; i++) for (j = i + 1; j <= k; j++) if (v[j] + 0 < v[i] + 0) { t = v[i]; v[i] = v[j]; v[j] = t }
+  return (k % 2) ? v[(k + 1) / 2] : (v[k / 2] + v[k / 2 + 1]) / 2
+}
+END {
+  dr = median(rps, "direct", n["direct"]); dp = median(p99, "direct", n["direct"])
+  printf "%-10s %12s %10s %10s %12s\n", "setup", "requests/s", "p99 ms", "x direct", "added p99"
+  printf "%-10s %12.0f %10.2f %10s %12s\n", "direct", dr, dp, "1.00", "-"
+  split("session bearer", names, " ")
+  for (i = 1; i <= 2; i++) {
+    s = names[i]; r = median(rps, s, n[s]); p = median(p99, s, n[s])
+    printf "%-10s %12.0f %10.2f %10.2f %9.2f ms\n", s, r, p, r / dr, p - dp
+  }
+  printf "\nTargets: >= 0.50x direct throughput, added p99 <= 1 ms.\n"
+}' "$results"
