@@ -62,15 +62,16 @@ type Gateway struct {
 	httpClient *http.Client
 	instance   string
 
-	store     session.Store
-	providers map[string]*oidcProvider
-	verifier  *bearer.Verifier
-	bearerCfg map[string]BearerIssuer
-	signer    *assertion.Signer
-	routes    []*route
-	audit     *auditLog
-	metrics   *metrics
-	refreshes singleflight.Group
+	store           session.Store
+	providers       map[string]*oidcProvider
+	verifier        *bearer.Verifier
+	bearerCfg       map[string]BearerIssuer
+	signer          *assertion.Signer
+	routes          []*route
+	audit           *auditLog
+	metrics         *metrics
+	refreshes       singleflight.Group
+	decodedSessions decodedCache
 
 	ready     chan struct{}
 	mu        sync.Mutex
@@ -874,10 +875,9 @@ func (g *Gateway) newProxy(rt *route) (*httputil.ReverseProxy, error) {
 				g.identityHeaders(pr.Out.Header, id, hostOnly(pr.In.Host))
 			}
 		},
-		Transport:     tr,
-		FlushInterval: -1,
-		BufferPool:    bufferPool{},
-		ErrorLog:      slog.NewLogLogger(g.log.Handler(), slog.LevelDebug),
+		Transport:  tr,
+		BufferPool: bufferPool{},
+		ErrorLog:   slog.NewLogLogger(g.log.Handler(), slog.LevelDebug),
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			g.metrics.upstreamErrors.WithLabelValues(rt.Name).Inc()
 			var mbe *http.MaxBytesError

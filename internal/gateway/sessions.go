@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/trustmesh/trustmesh/internal/gateway/session"
@@ -228,7 +229,7 @@ func (g *Gateway) loadSession(ctx context.Context, r *http.Request, provider str
 		if err != nil {
 			return nil, err
 		}
-		d, err := id.openData(rec.Data)
+		d, err := g.decoded(id, rec)
 		if err != nil {
 			lastErr = fmt.Errorf("%w: session %s: %v", errNoSession, id.ref(), err)
 			continue
@@ -326,4 +327,42 @@ func (g *Gateway) coveredByCookie(host string) bool {
 		return true
 	}
 	return g.set.CookieDomain != "" && strings.HasSuffix(host, g.set.CookieDomain) && strings.HasSuffix(g.set.ExternalURL.Hostname(), g.set.CookieDomain)
+}
+
+// decodedCache keeps opened records by store key and version, so a busy
+// session is decrypted and decoded once per change, not once per request.
+// The store is still asked on every request (a sign-out on another replica
+// counts at once); a key is a hash of the cookie, so only that cookie's
+// holder can reach its entry.
+type decodedCache struct {
+	mu sync.Mutex
+	m  map[string]decodedEntry
+}
+
+type decodedEntry struct {
+	version int64
+	data    *sessionData
+}
+
+const decodedCacheMax = 1 << 16
+
+func (g *Gateway) decoded(id sessionID, rec session.Record) (*sessionData, error) {
+	c := &g.decodedSessions
+	c.mu.Lock()
+	e, ok := c.m[id.key]
+	c.mu.Unlock()
+	if ok && e.version == rec.Version {
+		return e.data, nil
+	}
+	d, err := id.openData(rec.Data)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	if c.m == nil || len(c.m) >= decodedCacheMax {
+		c.m = map[string]decodedEntry{}
+	}
+	c.m[id.key] = decodedEntry{version: rec.Version, data: d}
+	c.mu.Unlock()
+	return d, nil
 }
