@@ -20,18 +20,30 @@ func fieldLine(d *doc, field string) int {
 	if d == nil || len(d.raw) == 0 {
 		return 0
 	}
-	if d.node == nil {
+	if d.prefix != "" {
+		// d is an item split out of a List: fields below it are relative.
+		switch {
+		case field == d.prefix:
+			field = ""
+		case strings.HasPrefix(field, d.prefix+"."):
+			field = field[len(d.prefix)+1:]
+		}
+	}
+	d.once.Do(func() {
 		d.node = &yamlNode{}
 		var n yamlv3.Node
 		if err := yamlv3.Unmarshal(d.raw, &n); err == nil && n.Kind == yamlv3.DocumentNode && len(n.Content) == 1 {
 			d.node.root = n.Content[0]
 		}
-	}
+	})
 	cur := d.node.root
 	if cur == nil {
 		return 0
 	}
 	line := cur.Line
+	if field == "" {
+		return line + d.base - 1
+	}
 	for _, seg := range splitField(field) {
 		var next *yamlv3.Node
 		switch {

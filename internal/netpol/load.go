@@ -1,8 +1,6 @@
 package netpol
 
 import (
-	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -12,7 +10,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"sort"
-	"strconv"
 	"strings"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -23,8 +20,6 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	kjson "k8s.io/apimachinery/pkg/runtime/serializer/json"
-	utiljson "k8s.io/apimachinery/pkg/util/json"
-	"sigs.k8s.io/yaml"
 )
 
 // DefaultNamespace is where objects without metadata.namespace belong, as
@@ -200,320 +195,6 @@ func (l *loader) loadFile(path string, inDir bool) {
 	l.parse(path, data, inDir)
 }
 
-// doc is one document of a file, converted to JSON.
-type doc struct {
-	src  Source
-	raw  []byte // as written (YAML or JSON), for line lookups
-	base int    // the line raw starts on
-	json []byte // nil when conversion failed
-	err  error
-	hdr  header
-	node *yamlNode // parsed lazily, for line lookups
-}
-
-type header struct {
-	APIVersion string `json:"apiVersion"`
-	Kind       string `json:"kind"`
-	Metadata   struct {
-		Name      string `json:"name"`
-		Namespace string `json:"namespace"`
-	} `json:"metadata"`
-	Items []json.RawMessage `json:"items"`
-}
-
-func (h *header) isObject() bool { return h.APIVersion != "" || h.Kind != "" }
-
-// parse reads a file's documents. A file found in a directory is a
-// manifest file only if some document is a Kubernetes object; other YAML
-// (Helm values, CI configs, a service graph) is skipped, and listed.
-func (l *loader) parse(file string, data []byte, inDir bool) {
-	docs := splitDocuments(file, data)
-	manifest := !inDir
-	for i := range docs {
-		d := &docs[i]
-		if d.err != nil || d.json == nil {
-			continue
-		}
-		if err := utiljson.Unmarshal(d.json, &d.hdr); err != nil {
-			field, msg := decodeErr(err)
-			if field != "" {
-				msg = field + ": " + msg
-				d.src.Line = max(fieldLine(d, field), d.src.Line)
-			}
-			d.err = fmt.Errorf("not a Kubernetes object: %s", msg)
-			continue
-		}
-		if d.hdr.isObject() {
-			manifest = true
-		}
-	}
-	if !manifest {
-		l.c.SkippedFiles = append(l.c.SkippedFiles, file)
-		for _, d := range docs {
-			if d.err != nil {
-				l.problem(SeverityWarning, d.src, "", "", "skipped file: %v", d.err)
-				break
-			}
-		}
-		return
-	}
-	for i := range docs {
-		d := &docs[i]
-		switch {
-		case d.err != nil:
-			l.problem(SeverityError, d.src, "", "", "%v", d.err)
-		case d.json == nil:
-			// an empty document
-		case !d.hdr.isObject():
-			l.problem(SeverityError, d.src, "", "", "not a Kubernetes object: no apiVersion or kind")
-		default:
-			l.object(d, d.src, d.json, d.hdr, "", "", "")
-		}
-	}
-}
-
-var docSeparator = regexp.MustCompile(`^---(\s|$)`)
-
-// splitDocuments splits YAML on "---" lines (as kubectl's YAML reader
-// does) and JSON into its top-level values, converting each to JSON.
-func splitDocuments(file string, data []byte) []doc {
-	trimmed := bytes.TrimLeft(data, " \t\r\n\ufeff")
-	if len(trimmed) > 0 && (trimmed[0] == '{' || trimmed[0] == '[') {
-		return splitJSON(file, data)
-	}
-	var docs []doc
-	start, line := 0, 1
-	startLine := 1
-	flush := func(end int) {
-		raw := data[start:end]
-		n := len(docs) + 1
-		d := doc{src: Source{File: file, Document: n, Line: startLine, Item: -1}, raw: raw, base: startLine}
-		if len(bytes.TrimSpace(stripComments(raw))) == 0 {
-			docs = append(docs, d) // empty: kept for numbering
-			return
-		}
-		j, err := yaml.YAMLToJSON(raw)
-		switch {
-		case err != nil:
-			d.err, d.src.Line = yamlErr(err, startLine)
-		case string(j) == "null":
-		default:
-			d.json = j
-		}
-		docs = append(docs, d)
-	}
-	for i := 0; i < len(data); {
-		j := bytes.IndexByte(data[i:], '\n')
-		end := len(data)
-		if j >= 0 {
-			end = i + j + 1
-		}
-		ln := data[i:end]
-		if docSeparator.Match(ln) || bytes.Equal(bytes.TrimRight(ln, "\r\n"), []byte("...")) {
-			if i > start || len(docs) > 0 {
-				flush(i)
-			}
-			start, startLine = end, line+1
-		}
-		i = end
-		line++
-	}
-	if start < len(data) || len(docs) == 0 {
-		flush(len(data))
-	}
-	// Drop a trailing empty document left by a final separator.
-	for len(docs) > 1 && docs[len(docs)-1].json == nil && docs[len(docs)-1].err == nil && len(bytes.TrimSpace(stripComments(docs[len(docs)-1].raw))) == 0 {
-		docs = docs[:len(docs)-1]
-	}
-	return docs
-}
-
-func stripComments(b []byte) []byte {
-	var out []byte
-	for _, ln := range bytes.Split(b, []byte("\n")) {
-		t := bytes.TrimSpace(ln)
-		if len(t) == 0 || t[0] == '#' || bytes.HasPrefix(t, []byte("%")) {
-			continue
-		}
-		out = append(out, t...)
-		out = append(out, '\n')
-	}
-	return out
-}
-
-var yamlLineRE = regexp.MustCompile(`^(?:error converting YAML to JSON: )?yaml: line (\d+): (.*)$`)
-
-func yamlErr(err error, startLine int) (error, int) {
-	msg := err.Error()
-	if m := yamlLineRE.FindStringSubmatch(msg); m != nil {
-		n, _ := strconv.Atoi(m[1])
-		return fmt.Errorf("invalid YAML: %s", m[2]), startLine + n - 1
-	}
-	msg = strings.TrimPrefix(msg, "error converting YAML to JSON: ")
-	return fmt.Errorf("invalid YAML: %s", strings.TrimPrefix(msg, "yaml: ")), startLine
-}
-
-func splitJSON(file string, data []byte) []doc {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	var docs []doc
-	for {
-		off := dec.InputOffset()
-		var raw json.RawMessage
-		err := dec.Decode(&raw)
-		if err == io.EOF {
-			break
-		}
-		// Start of the value, not of the whitespace before it.
-		for off < int64(len(data)) && strings.ContainsRune(" \t\r\n\ufeff", rune(data[off])) {
-			off++
-		}
-		line := 1 + bytes.Count(data[:off], []byte("\n"))
-		d := doc{src: Source{File: file, Document: len(docs) + 1, Line: line, Item: -1}}
-		if err != nil {
-			d.err = fmt.Errorf("invalid JSON: %v", trimJSONErr(err))
-			var se *json.SyntaxError
-			if errors.As(err, &se) {
-				d.src.Line = 1 + bytes.Count(data[:min(int(se.Offset), len(data))], []byte("\n"))
-			}
-			docs = append(docs, d)
-			break // the stream cannot be resynchronised
-		}
-		d.raw, d.json, d.base = raw, raw, line
-		if string(bytes.TrimSpace(raw)) == "null" {
-			d.json = nil
-		}
-		docs = append(docs, d)
-	}
-	return docs
-}
-
-func trimJSONErr(err error) string {
-	return strings.TrimPrefix(err.Error(), "json: ")
-}
-
-// object decodes one object (a document, or an item of a List).
-func (l *loader) object(d *doc, src Source, data []byte, h header, impliedAPIVersion, impliedKind, itemPath string) {
-	if h.APIVersion == "" {
-		h.APIVersion = impliedAPIVersion
-	}
-	if h.Kind == "" {
-		h.Kind = impliedKind
-	}
-	ref := h.Kind
-	if h.Metadata.Name != "" {
-		ns := h.Metadata.Namespace
-		if ns != "" {
-			ref += " " + ns + "/" + h.Metadata.Name
-		} else {
-			ref += " " + h.Metadata.Name
-		}
-	}
-	if h.Kind == "" {
-		l.problem(SeverityError, src, "", itemPath, "no kind")
-		return
-	}
-	if h.APIVersion == "" {
-		l.problem(SeverityError, src, ref, itemPath, "no apiVersion")
-		return
-	}
-	gv, err := schema.ParseGroupVersion(h.APIVersion)
-	if err != nil {
-		l.problem(SeverityError, src, ref, joinField(itemPath, "apiVersion"), "%v", err)
-		return
-	}
-	if itemPath == "" && (strings.HasSuffix(h.Kind, "List") || h.Items != nil) {
-		l.list(d, h)
-		return
-	}
-	if strings.HasSuffix(h.Kind, "List") {
-		l.problem(SeverityError, src, ref, itemPath, "a List inside a List")
-		return
-	}
-	gk := schema.GroupKind{Group: gv.Group, Kind: h.Kind}
-	want, known := kinds[gk]
-	switch {
-	case !known:
-		if name, ok := otherPolicyAPIs[gv.Group]; ok {
-			l.problem(SeverityWarning, src, ref, itemPath, "%s policies are not analyzed: results show NetworkPolicy alone, which may allow more than this cluster does", name)
-		}
-		l.c.Ignored[h.APIVersion+" "+h.Kind]++
-		return
-	case gv.Version != want || want == "":
-		served := "apps/v1"
-		switch {
-		case h.Kind == "NetworkPolicy":
-			served = "networking.k8s.io/v1"
-		case gk.Group == "batch":
-			served = "batch/v1"
-		case gk.Group == "":
-			served = "v1"
-		}
-		l.problem(SeverityError, src, ref, joinField(itemPath, "apiVersion"), "%s %s is not served by Kubernetes: use %s", h.APIVersion, h.Kind, served)
-		return
-	}
-	gvk := gv.WithKind(h.Kind)
-	var into runtime.Object
-	switch h.Kind {
-	case "Namespace":
-		into = &corev1.Namespace{}
-	case "Pod":
-		into = &corev1.Pod{}
-	case "ReplicationController":
-		into = &corev1.ReplicationController{}
-	case "NetworkPolicy":
-		into = &networkingv1.NetworkPolicy{}
-	case "Deployment":
-		into = &appsv1.Deployment{}
-	case "StatefulSet":
-		into = &appsv1.StatefulSet{}
-	case "DaemonSet":
-		into = &appsv1.DaemonSet{}
-	case "ReplicaSet":
-		into = &appsv1.ReplicaSet{}
-	case "Job":
-		into = &batchv1.Job{}
-	case "CronJob":
-		into = &batchv1.CronJob{}
-	}
-	obj, _, err := decoder.Decode(data, &gvk, into)
-	if err != nil {
-		if se, ok := runtime.AsStrictDecodingError(err); ok && obj != nil {
-			for _, e := range se.Errors() {
-				field, msg := strictField(e.Error())
-				l.problem(SeverityWarning, l.lineOf(d, joinField(itemPath, field), src), ref, joinField(itemPath, field), "%s (ignored, as kubectl does)", msg)
-			}
-		} else {
-			field, msg := decodeErr(err)
-			field = joinField(itemPath, field)
-			l.problem(SeverityError, l.lineOf(d, field, src), ref, field, "%s", msg)
-			return
-		}
-	}
-	o := &object{src: src, kind: h.Kind, d: d}
-	switch v := obj.(type) {
-	case *corev1.Namespace:
-		l.namespace(o, d, itemPath, v)
-	case *corev1.Pod:
-		l.pod(o, d, itemPath, v)
-	case *networkingv1.NetworkPolicy:
-		l.policy(o, d, itemPath, v)
-	case *corev1.ReplicationController:
-		l.workload(o, d, itemPath, &v.ObjectMeta, v.Spec.Template, "spec.template")
-	case *appsv1.Deployment:
-		l.workload(o, d, itemPath, &v.ObjectMeta, &v.Spec.Template, "spec.template")
-	case *appsv1.StatefulSet:
-		l.workload(o, d, itemPath, &v.ObjectMeta, &v.Spec.Template, "spec.template")
-	case *appsv1.DaemonSet:
-		l.workload(o, d, itemPath, &v.ObjectMeta, &v.Spec.Template, "spec.template")
-	case *appsv1.ReplicaSet:
-		l.workload(o, d, itemPath, &v.ObjectMeta, &v.Spec.Template, "spec.template")
-	case *batchv1.Job:
-		l.workload(o, d, itemPath, &v.ObjectMeta, &v.Spec.Template, "spec.template")
-	case *batchv1.CronJob:
-		l.workload(o, d, itemPath, &v.ObjectMeta, &v.Spec.JobTemplate.Spec.Template, "spec.jobTemplate.spec.template")
-	}
-}
-
 var strictRE = regexp.MustCompile(`^(unknown|duplicate) field "(.*)"$`)
 
 func strictField(msg string) (field, text string) {
@@ -569,29 +250,6 @@ func joinField(prefix, field string) string {
 		return prefix
 	}
 	return prefix + "." + field
-}
-
-func (l *loader) list(d *doc, h header) {
-	impliedKind := ""
-	impliedAPIVersion := ""
-	if h.Kind != "List" {
-		impliedKind = strings.TrimSuffix(h.Kind, "List")
-		impliedAPIVersion = h.APIVersion
-	}
-	for i, item := range h.Items {
-		path := fmt.Sprintf("items[%d]", i)
-		src := d.src
-		src.Item = i
-		src = l.lineOf(d, path, src)
-		var ih header
-		if err := utiljson.Unmarshal(item, &ih); err != nil {
-			field, msg := decodeErr(err)
-			field = joinField(path, field)
-			l.problem(SeverityError, l.lineOf(d, field, src), "", field, "not a Kubernetes object: %s", msg)
-			continue
-		}
-		l.object(d, src, item, ih, impliedAPIVersion, impliedKind, path)
-	}
 }
 
 func (l *loader) meta(o *object, d *doc, itemPath string, m *metav1.ObjectMeta, namespaced bool) bool {
@@ -787,26 +445,29 @@ func (l *loader) finish() *Cluster {
 		}
 	}
 	shadowed := map[*object]bool{}
+	owner := func(o *object) *object {
+		for _, or := range o.owners {
+			if p, ok := present[ref{o.ns, or.Kind, or.Name}]; ok {
+				return p
+			}
+		}
+		return nil
+	}
 	for _, o := range order {
 		if o.pod == nil {
 			continue
 		}
-		// Walk up from this object through owners present in the input.
-		cur, seen := o, map[*object]bool{}
-		for !seen[cur] {
+		if o.kind != "Pod" {
+			if owner(o) != nil {
+				shadowed[o] = true // its owner (a Deployment for a ReplicaSet) stands for the pods
+			}
+			continue
+		}
+		// Real pods stand for themselves: every workload above them gives way.
+		seen := map[*object]bool{o: true}
+		for cur := owner(o); cur != nil && !seen[cur]; cur = owner(cur) {
 			seen[cur] = true
-			var next *object
-			for _, or := range cur.owners {
-				if p, ok := present[ref{cur.ns, or.Kind, or.Name}]; ok {
-					next = p
-					break
-				}
-			}
-			if next == nil {
-				break
-			}
-			shadowed[next] = true // next's pods (or pod-makers) are listed
-			cur = next
+			shadowed[cur] = true
 		}
 	}
 
