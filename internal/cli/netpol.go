@@ -149,6 +149,11 @@ func (f *connFlags) verdict(cmd *cobra.Command) (*netpol.Analyzer, *netpol.Verdi
 	if err != nil {
 		return nil, nil, err
 	}
+	if _, err := strconv.Atoi(f.traffic.port); err == nil {
+		if _, err := f.traffic.number(cmd); err != nil {
+			return nil, nil, err
+		}
+	}
 	c, err := f.in.load(cmd, "filename")
 	if err != nil {
 		return nil, nil, err
@@ -164,9 +169,6 @@ func (f *connFlags) verdict(cmd *cobra.Command) (*netpol.Analyzer, *netpol.Verdi
 	}
 	var port int32
 	if n, err := strconv.Atoi(f.traffic.port); err == nil {
-		if n < 1 || n > 65535 {
-			return nil, nil, usageErrorf(cmd, "--port %d: must be between 1 and 65535", n)
-		}
 		port = int32(n)
 	} else if port, err = a.ResolvePort(to, proto, f.traffic.port); err != nil {
 		return nil, nil, fmt.Errorf("--port %v", err)
