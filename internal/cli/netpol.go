@@ -438,7 +438,7 @@ func cellText(m *netpol.Matrix, i, j int) string {
 		}
 		return "✗"
 	}
-	return m.Ports(i, j).String()
+	return m.PortsText(i, j)
 }
 
 func writeMatrixTable(w io.Writer, m *netpol.Matrix, keep []int) error {
@@ -470,8 +470,13 @@ func writeMatrixTable(w io.Writer, m *netpol.Matrix, keep []int) error {
 // writeMatrixJSON streams the matrix: a million cells do not need a
 // million values in memory twice.
 func writeMatrixJSON(w *bufio.Writer, m *netpol.Matrix, keep []int) error {
+	quoted := map[string][]byte{} // cells repeat a few port sets
 	str := func(s string) {
-		b, _ := json.Marshal(s)
+		b, ok := quoted[s]
+		if !ok {
+			b, _ = json.Marshal(s)
+			quoted[s] = b
+		}
 		w.Write(b)
 	}
 	w.WriteString("{\n  \"port\": ")
@@ -517,7 +522,7 @@ func writeMatrixJSON(w *bufio.Writer, m *netpol.Matrix, keep []int) error {
 				if l > 0 {
 					w.WriteByte(',')
 				}
-				str(m.Ports(i, j).String())
+				str(m.PortsText(i, j))
 			}
 			w.WriteByte(']')
 		}
@@ -532,7 +537,16 @@ func writeMatrixCSV(w *bufio.Writer, m *netpol.Matrix, keep []int) error {
 	for _, i := range keep {
 		from := m.Endpoints[i].String()
 		for _, j := range keep {
-			fmt.Fprintf(w, "%s,%s,%t,%s\n", from, m.Endpoints[j], m.Allowed(i, j), m.Ports(i, j))
+			w.WriteString(from)
+			w.WriteByte(',')
+			w.WriteString(m.Endpoints[j].String())
+			if m.Allowed(i, j) {
+				w.WriteString(",true,")
+			} else {
+				w.WriteString(",false,")
+			}
+			w.WriteString(m.PortsText(i, j))
+			w.WriteByte('\n')
 		}
 	}
 	return nil
@@ -568,8 +582,8 @@ func writeMatrixDot(w *bufio.Writer, m *netpol.Matrix, keep []int) error {
 			}
 			fmt.Fprintf(w, "  %q -> %q", m.Endpoints[i].String(), m.Endpoints[j].String())
 			if m.Port == 0 {
-				if ps := m.Ports(i, j); !ps.IsAll() {
-					fmt.Fprintf(w, " [label=%q]", ps.String())
+				if ps := m.PortsText(i, j); ps != "all" {
+					fmt.Fprintf(w, " [label=%q]", ps)
 				}
 			}
 			w.WriteString(";\n")

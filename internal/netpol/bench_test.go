@@ -2,6 +2,7 @@ package netpol
 
 import (
 	"fmt"
+	"io"
 	"strings"
 	"testing"
 )
@@ -123,5 +124,40 @@ func BenchmarkLint(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		a := benchAnalyzerCached(b, 1000)
 		a.Lint(LintOptions{})
+	}
+}
+
+// benchGraph is bench/netpol.sh's graph: a service per 10 pods, each
+// calling the next app of its namespace and the same app of the next.
+func benchGraph(pods int) *Graph {
+	nsCount := max(1, pods/100)
+	g := &Graph{}
+	for n := 0; n < nsCount; n++ {
+		for k := 0; k < 10; k++ {
+			g.Services = append(g.Services, &Service{Name: fmt.Sprintf("t%d-app%d", n, k), Namespace: fmt.Sprintf("team-%d", n),
+				Labels: map[string]string{"app": fmt.Sprintf("app-%d", k)}, Ports: []GraphPort{{8080, TCP}}})
+		}
+	}
+	for n := 0; n < nsCount; n++ {
+		for k := 0; k < 10; k++ {
+			g.Edges = append(g.Edges, &Edge{From: fmt.Sprintf("t%d-app%d", n, k), To: fmt.Sprintf("t%d-app%d", n, (k+1)%10), Ports: []GraphPort{{8080, TCP}}})
+			if nsCount > 1 {
+				g.Edges = append(g.Edges, &Edge{From: fmt.Sprintf("t%d-app%d", n, k), To: fmt.Sprintf("t%d-app%d", (n+1)%nsCount, k), Ports: []GraphPort{{8080, TCP}}})
+			}
+		}
+	}
+	return g
+}
+
+func BenchmarkGenerate(b *testing.B) {
+	g := benchGraph(1000)
+	for i := 0; i < b.N; i++ {
+		gen, err := Generate(g, GenerateOptions{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := gen.WriteYAML(io.Discard, "bench"); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

@@ -1,6 +1,7 @@
 package netpol
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -13,7 +14,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/validation"
-	"sigs.k8s.io/yaml"
+
+	yamlv3 "gopkg.in/yaml.v3"
 )
 
 // Labels and annotations on generated objects.
@@ -380,10 +382,16 @@ func (g *Generated) WriteYAML(w io.Writer, header string) error {
 		if err != nil {
 			return err
 		}
-		b, err := yaml.Marshal(m)
-		if err != nil {
+		// Encoded from the JSON form, so the k8s.io/api types' json names
+		// are the keys; yaml.v3 quotes strings YAML 1.1 would misread
+		// (yes, on, …), so kubectl reads back exactly these values.
+		var buf bytes.Buffer
+		enc := yamlv3.NewEncoder(&buf)
+		enc.SetIndent(2)
+		if err := enc.Encode(m); err != nil {
 			return err
 		}
+		b := buf.Bytes()
 		if i > 0 || header != "" {
 			if _, err := io.WriteString(w, "---\n"); err != nil {
 				return err

@@ -26,6 +26,7 @@ type Matrix struct {
 	n         int
 	bits      []bitset // by port: row i has bit j if allowed
 	cells     []psID   // every port: i*n+j
+	text      map[psID]string
 }
 
 // Matrix decides every pair. Pod pairs are computed on bitsets from each
@@ -67,6 +68,24 @@ func (m *Matrix) Ports(i, j int) PortSet {
 		return s
 	}
 	return m.a.ports.get(m.cells[i*m.n+j])
+}
+
+// PortsText is Ports(i, j).String(), computed once per distinct set: a
+// million cells share a handful of sets.
+func (m *Matrix) PortsText(i, j int) string {
+	if m.bits != nil {
+		return m.Ports(i, j).String()
+	}
+	id := m.cells[i*m.n+j]
+	if s, ok := m.text[id]; ok {
+		return s
+	}
+	if m.text == nil {
+		m.text = map[psID]string{}
+	}
+	s := m.a.ports.get(id).String()
+	m.text[id] = s
+	return s
 }
 
 // activeRules returns the rules of pols for dir.

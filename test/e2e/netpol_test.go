@@ -307,7 +307,7 @@ func TestNetpolGenerate(t *testing.T) {
 	}
 	mustRun(t, "netpol", "generate", "--graph", graph2)
 	aout := mustRun(t, "netpol", "generate", "--from-audit", audit, "-f", podsFile)
-	if !strings.Contains(aout, "principals:\n        - example.org/ns/default/sa/frontend") {
+	if !strings.Contains(aout, "- example.org/ns/default/sa/frontend\n") {
 		t.Errorf("audit policies lack the observed principal:\n%s", aout)
 	}
 }
