@@ -85,6 +85,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	w := &workloads{
 		cache: a.cache, node: a.node, attestors: []attest.WorkloadAttestor{attest.NewUnix()},
 		log: a.log.With("component", "workload_api"), metrics: a.metrics, jwts: newJWTCache(), stopping: gctx.Done(),
+		now: a.mgr.now,
 	}
 	srv := grpc.NewServer(grpc.Creds(peerCredentials{}))
 	workload.RegisterSpiffeWorkloadAPIServer(srv, &workloadAPI{workloads: w})
@@ -104,6 +105,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	})
 	g.Go(func() error { return a.mgr.watchLoop(gctx) })
 	g.Go(func() error { return a.mgr.svidLoop(gctx) })
+	g.Go(func() error { return a.mgr.expiryLoop(gctx) })
 	if metricsLn != nil {
 		g.Go(func() error { return telemetry.Serve(gctx, metricsLn, a.metrics.registry) })
 	}

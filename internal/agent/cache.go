@@ -57,15 +57,19 @@ func (s *Snapshot) Changed() <-chan struct{} { return s.changed }
 // Match returns the entries a workload with the given selectors is
 // entitled to (every selector of the entry among the workload's), and for
 // each distinct SPIFFE ID the first one's SVID if the agent has it.
-func (s *Snapshot) Match(workload map[string]struct{}) (matched bool, svids []*SVID) {
+//
+// Entries and SVIDs expired at now are left out even while they are still
+// in the snapshot (the cache drops them on a timer, a moment later): the
+// agent never serves anything past its expiry.
+func (s *Snapshot) Match(workload map[string]struct{}, now time.Time) (matched bool, svids []*SVID) {
 	seen := map[spiffeid.ID]bool{}
 	for i, e := range s.Entries {
-		if !subset(s.entrySels[i], workload) {
+		if expired(e, now) || !subset(s.entrySels[i], workload) {
 			continue
 		}
 		matched = true
 		sv := s.SVIDs[e.ID]
-		if sv == nil || seen[sv.ID] {
+		if sv == nil || !now.Before(sv.NotAfter) || seen[sv.ID] {
 			continue
 		}
 		seen[sv.ID] = true
@@ -74,18 +78,37 @@ func (s *Snapshot) Match(workload map[string]struct{}) (matched bool, svids []*S
 	return matched, svids
 }
 
-// MatchEntries returns the matching entries themselves (for JWT-SVIDs,
-// which are issued per request).
-func (s *Snapshot) MatchEntries(workload map[string]struct{}) []apiv1.Entry {
+// MatchEntries returns the matching unexpired entries themselves (for
+// JWT-SVIDs, which are issued per request).
+func (s *Snapshot) MatchEntries(workload map[string]struct{}, now time.Time) []apiv1.Entry {
 	var out []apiv1.Entry
 	seen := map[string]bool{}
 	for i, e := range s.Entries {
-		if subset(s.entrySels[i], workload) && !seen[e.SPIFFEID] {
+		if !expired(e, now) && subset(s.entrySels[i], workload) && !seen[e.SPIFFEID] {
 			seen[e.SPIFFEID] = true
 			out = append(out, e)
 		}
 	}
 	return out
+}
+
+// nextExpiry is the earliest expiry of an SVID or entry in the snapshot.
+func (s *Snapshot) nextExpiry() (next time.Time, ok bool) {
+	for _, sv := range s.SVIDs {
+		if !ok || sv.NotAfter.Before(next) {
+			next, ok = sv.NotAfter, true
+		}
+	}
+	for _, e := range s.Entries {
+		if e.ExpiresAt != nil && (!ok || e.ExpiresAt.Before(next)) {
+			next, ok = *e.ExpiresAt, true
+		}
+	}
+	return next, ok
+}
+
+func expired(e apiv1.Entry, now time.Time) bool {
+	return e.ExpiresAt != nil && !now.Before(*e.ExpiresAt)
 }
 
 func subset(want []string, have map[string]struct{}) bool {
@@ -142,7 +165,7 @@ func (c *Cache) update(fn func(next *Snapshot)) {
 func (c *Cache) SetState(entries []apiv1.Entry, bundle *spiffebundle.Bundle, now time.Time) {
 	live := make([]apiv1.Entry, 0, len(entries))
 	for _, e := range entries {
-		if e.ExpiresAt == nil || now.Before(*e.ExpiresAt) {
+		if !expired(e, now) {
 			live = append(live, e)
 		}
 	}
@@ -187,7 +210,8 @@ func (c *Cache) PutSVIDs(svids []*SVID) {
 	})
 }
 
-// DropExpired removes SVIDs past their expiry and entries past theirs.
+// DropExpired removes SVIDs past their expiry and entries past theirs,
+// publishing a new snapshot (so open streams answer again, without them).
 // It reports whether anything was removed.
 func (c *Cache) DropExpired(now time.Time) bool {
 	cur := c.Current()
@@ -198,7 +222,7 @@ func (c *Cache) DropExpired(now time.Time) bool {
 		}
 	}
 	for _, e := range cur.Entries {
-		if e.ExpiresAt != nil && !now.Before(*e.ExpiresAt) {
+		if expired(e, now) {
 			stale = true
 		}
 	}
@@ -209,7 +233,7 @@ func (c *Cache) DropExpired(now time.Time) bool {
 		live := s.Entries[:0:0]
 		var sels [][]string
 		for i, e := range s.Entries {
-			if e.ExpiresAt == nil || now.Before(*e.ExpiresAt) {
+			if !expired(e, now) {
 				live = append(live, e)
 				sels = append(sels, s.entrySels[i])
 			} else {

@@ -189,9 +189,7 @@ func (m *manager) svidLoop(ctx context.Context) error {
 		} else if m.node.renewAt.Load() != before {
 			signal(m.renewed)
 		}
-		if m.cache.DropExpired(now) {
-			m.log.Warn("dropped expired SVIDs or entries: the server has been unreachable for their whole remaining life")
-		}
+		m.dropExpired(now)
 		if err == nil {
 			err = m.reconcile(ctx, now)
 		}
@@ -217,6 +215,55 @@ func (m *manager) svidLoop(ctx context.Context) error {
 		t.Stop()
 	}
 	return nil
+}
+
+// dropExpired removes what has expired from the cache.
+func (m *manager) dropExpired(now time.Time) bool {
+	if !m.cache.DropExpired(now) {
+		return false
+	}
+	m.log.Warn("dropped expired SVIDs or entries: the server has been unreachable for their whole remaining life")
+	snap := m.cache.Current()
+	m.metrics.svids.Set(float64(len(snap.SVIDs)))
+	m.metrics.entries.Set(float64(len(snap.Entries)))
+	return true
+}
+
+// expiryLoop drops SVIDs and entries from the cache as they expire, on a
+// timer of its own. It makes no server call, so it keeps time even while
+// the svidLoop waits out a request to a server that does not answer (up
+// to the client's 30s timeout): the new snapshot wakes every open stream,
+// which then sends an answer without the expired SVID at once.
+func (m *manager) expiryLoop(ctx context.Context) error {
+	for {
+		snap := m.cache.Current()
+		now := m.now()
+		if m.dropExpired(now) {
+			continue
+		}
+		var (
+			timer *time.Timer
+			fire  <-chan time.Time
+		)
+		if next, ok := snap.nextExpiry(); ok {
+			// next is after now (DropExpired found nothing due), and the
+			// timer never fires early; should the wall clock lag, the next
+			// round just waits the rest.
+			timer = time.NewTimer(next.Sub(now))
+			fire = timer.C
+		}
+		select {
+		case <-ctx.Done():
+		case <-snap.Changed(): // new SVIDs or entries: maybe an earlier expiry
+		case <-fire:
+		}
+		if timer != nil {
+			timer.Stop()
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+	}
 }
 
 // nextWake is the earliest rotation, expiry or agent renewal ahead.

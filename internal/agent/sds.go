@@ -40,7 +40,7 @@ type sds struct {
 // sorted by name. Unknown names are left out: Envoy keeps waiting for
 // them, as it would with any SDS server.
 func (s *sds) resolve(snap *Snapshot, sels map[string]struct{}, names []string) ([]*tlsv3.Secret, error) {
-	matched, svids := snap.Match(sels)
+	matched, svids := snap.Match(sels, s.clock()) // nothing expired
 	if !matched {
 		return nil, errNoIdentity
 	}

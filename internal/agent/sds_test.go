@@ -66,6 +66,7 @@ func TestSDS(t *testing.T) {
 	ta := startAgent(t, set)
 	ctx := ctxT(t)
 	c := sdsClient(t, ta)
+	svidsIssued(t, ta, 1)
 
 	// Unary fetch.
 	resp, err := c.FetchSecrets(ctx, &discoveryv3.DiscoveryRequest{TypeUrl: SecretTypeURL, ResourceNames: []string{e.SPIFFEID, "default", "ROOTCA", "spiffe://example.org"}})
@@ -140,6 +141,14 @@ func TestSDS(t *testing.T) {
 	}
 }
 
+// svidsIssued waits until the agent holds n SVIDs. A unary FetchSecrets
+// answers with what the agent has at that moment (it does not wait for an
+// SVID still on its way from the server, as a Workload API stream does).
+func svidsIssued(t *testing.T, ta *testAgent, n int) {
+	t.Helper()
+	eventually(t, 20*time.Second, "SVIDs issued", func() bool { return len(ta.Cache().Current().SVIDs) == n })
+}
+
 func keys(m map[string]*tlsv3.Secret) []string {
 	var out []string
 	for k := range m {
@@ -156,6 +165,7 @@ func TestSDSCustomNames(t *testing.T) {
 	set.SVIDName, set.BundleName = "server_cert", "validation_context"
 	ts.entry(t, "spiffe://example.org/ns/default/sa/envoy", agentID, 0, uidSelector())
 	ta := startAgent(t, set)
+	svidsIssued(t, ta, 1)
 	resp, err := sdsClient(t, ta).FetchSecrets(ctxT(t), &discoveryv3.DiscoveryRequest{ResourceNames: []string{"server_cert", "validation_context"}})
 	if err != nil {
 		t.Fatal(err)

@@ -37,7 +37,25 @@ type workloads struct {
 	metrics   *agentMetrics
 	jwts      *jwtCache
 	stopping  <-chan struct{}
+	// now is the agent's clock (the manager's): what has expired by it is
+	// never served. Nil means time.Now.
+	now func() time.Time
 }
+
+func (w *workloads) clock() time.Time {
+	if w.now == nil {
+		return time.Now()
+	}
+	return w.now()
+}
+
+// errExpired ends a stream that has nothing valid left to send: the SVIDs
+// it carried expired (or their entries were replaced) and the agent has no
+// fresh ones yet, typically because the server is unreachable. A message
+// without SVIDs is no answer (go-spiffe rejects one: "no SVIDs in
+// response"), so ending the stream is how it says "none": the workload must
+// stop using what it was sent, and retries.
+var errExpired = status.Error(codes.Unavailable, "no valid SVID to send: those sent on this stream expired or were withdrawn, and the agent has no fresh ones yet; retry")
 
 func checkSecurityHeader(ctx context.Context) error {
 	md, ok := metadata.FromIncomingContext(ctx)
@@ -103,7 +121,8 @@ func ctxStatus(ctx context.Context) error {
 // stream runs a Workload API stream: build answers from each snapshot and
 // send those that differ from the last, until the caller leaves (its
 // context's status, never OK: the stream has no natural end), loses its
-// identity or the agent stops.
+// identity, loses what it was sent (build has nothing to send any more:
+// its SVIDs expired; Unavailable) or the agent stops.
 func (w *workloads) stream(ctx context.Context, method string, build func(*Snapshot) (proto.Message, error), send func(proto.Message) error) error {
 	w.metrics.streams.WithLabelValues(method).Inc()
 	defer w.metrics.streams.WithLabelValues(method).Dec()
@@ -117,6 +136,10 @@ func (w *workloads) stream(ctx context.Context, method string, build func(*Snaps
 		if err != nil {
 			w.count(method, err)
 			return err
+		}
+		if msg == nil && last != nil {
+			w.count(method, errExpired)
+			return errExpired
 		}
 		if msg != nil && (last == nil || !proto.Equal(msg, last)) {
 			if err := send(msg); err != nil {
@@ -167,12 +190,12 @@ func (w *workloadAPI) FetchX509SVID(_ *workload.X509SVIDRequest, s grpc.ServerSt
 		return err
 	}
 	return w.stream(ctx, "FetchX509SVID", func(snap *Snapshot) (proto.Message, error) {
-		matched, svids := snap.Match(sels)
+		matched, svids := snap.Match(sels, w.clock())
 		if !matched {
 			return nil, errNoIdentity
 		}
 		if len(svids) == 0 {
-			return nil, nil // entitled, SVID on its way
+			return nil, nil // entitled, SVID on its way (or expired, and a new one not yet)
 		}
 		bundle := bundleDER(snap)
 		resp := &workload.X509SVIDResponse{}
@@ -203,7 +226,7 @@ func (w *workloadAPI) FetchX509Bundles(_ *workload.X509BundlesRequest, s grpc.Se
 		return err
 	}
 	return w.stream(ctx, "FetchX509Bundles", func(snap *Snapshot) (proto.Message, error) {
-		if matched, _ := snap.Match(sels); !matched {
+		if matched, _ := snap.Match(sels, w.clock()); !matched {
 			return nil, errNoIdentity
 		}
 		if snap.Bundle == nil {
@@ -220,7 +243,7 @@ func (w *workloadAPI) FetchJWTBundles(_ *workload.JWTBundlesRequest, s grpc.Serv
 		return err
 	}
 	return w.stream(ctx, "FetchJWTBundles", func(snap *Snapshot) (proto.Message, error) {
-		if matched, _ := snap.Match(sels); !matched {
+		if matched, _ := snap.Match(sels, w.clock()); !matched {
 			return nil, errNoIdentity
 		}
 		if snap.Bundle == nil {
@@ -255,7 +278,7 @@ func (w *workloadAPI) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDReq
 	if err != nil {
 		return nil, err
 	}
-	entries := snap.MatchEntries(sels)
+	entries := snap.MatchEntries(sels, w.clock())
 	if req.GetSpiffeId() != "" {
 		var only = entries[:0:0]
 		for _, e := range entries {
@@ -301,7 +324,7 @@ func (w *workloadAPI) ValidateJWTSVID(ctx context.Context, req *workload.Validat
 	if err != nil {
 		return nil, err
 	}
-	if matched, _ := snap.Match(sels); !matched {
+	if matched, _ := snap.Match(sels, w.clock()); !matched {
 		return nil, errNoIdentity
 	}
 	if snap.Bundle == nil {
