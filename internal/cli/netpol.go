@@ -673,13 +673,22 @@ Exits 1 when a finding is at least --fail-on (default error), for CI.`,
 				if findings == nil {
 					findings = []netpol.Finding{}
 				}
+				ignored := c.Ignored
+				if ignored == nil {
+					ignored = map[string]int{}
+				}
 				if err := printJSON(cmd.OutOrStdout(), struct {
-					Findings []netpol.Finding `json:"findings"`
-					Errors   int              `json:"errors"`
-					Warnings int              `json:"warnings"`
-					Infos    int              `json:"infos"`
-					Pass     bool             `json:"pass"`
-				}{findings, counts[netpol.SeverityError], counts[netpol.SeverityWarning], counts[netpol.SeverityInfo], !fail}); err != nil {
+					Findings   []netpol.Finding `json:"findings"`
+					Errors     int              `json:"errors"`
+					Warnings   int              `json:"warnings"`
+					Infos      int              `json:"infos"`
+					Pass       bool             `json:"pass"`
+					Namespaces int              `json:"namespaces"`
+					Pods       int              `json:"pods"`
+					Policies   int              `json:"policies"`
+					Ignored    map[string]int   `json:"ignored_kinds"`
+				}{findings, counts[netpol.SeverityError], counts[netpol.SeverityWarning], counts[netpol.SeverityInfo], !fail,
+					len(c.Namespaces), len(c.Pods), len(c.Policies), ignored}); err != nil {
 					return err
 				}
 			} else {
@@ -687,10 +696,10 @@ Exits 1 when a finding is at least --fail-on (default error), for CI.`,
 				for _, f := range findings {
 					fmt.Fprintln(w, f.String())
 				}
-				fmt.Fprintf(w, "%d %s, %d %s, %d info (%d namespaces, %d pods, %d policies)\n",
+				fmt.Fprintf(w, "%d %s, %d %s, %d info (%s)\n",
 					counts[netpol.SeverityError], map[bool]string{true: "error", false: "errors"}[counts[netpol.SeverityError] == 1],
 					counts[netpol.SeverityWarning], map[bool]string{true: "warning", false: "warnings"}[counts[netpol.SeverityWarning] == 1],
-					counts[netpol.SeverityInfo], len(c.Namespaces), len(c.Pods), len(c.Policies))
+					counts[netpol.SeverityInfo], inputSummary(c))
 			}
 			if fail {
 				return errSilentFailure
@@ -706,6 +715,32 @@ Exits 1 when a finding is at least --fail-on (default error), for CI.`,
 	cmd.Flags().StringVar(&dnsNS, "dns-namespace", "kube-system", "namespace of the cluster DNS pods")
 	cmd.Flags().StringArrayVar(&dnsLabels, "dns-label", nil, "a label k=v of the cluster DNS pods (repeatable; default k8s-app=kube-dns)")
 	return cmd
+}
+
+// inputSummary says what was read: counts, ignored kinds, skipped files.
+func inputSummary(c *netpol.Cluster) string {
+	n := func(k int, one, many string) string {
+		if k == 1 {
+			return "1 " + one
+		}
+		return fmt.Sprintf("%d %s", k, many)
+	}
+	s := n(len(c.Namespaces), "namespace", "namespaces") + ", " + n(len(c.Pods), "pod or workload", "pods and workloads") + ", " + n(len(c.Policies), "policy", "policies")
+	var ignored []string
+	for k, n := range c.Ignored {
+		ignored = append(ignored, fmt.Sprintf("%s ×%d", k, n))
+	}
+	sort.Strings(ignored)
+	if len(ignored) > 0 {
+		s += "; ignored other kinds: " + strings.Join(ignored, ", ")
+	}
+	if c.Finished > 0 {
+		s += "; " + n(c.Finished, "finished pod", "finished pods") + " skipped"
+	}
+	if len(c.SkippedFiles) > 0 {
+		s += "; " + n(len(c.SkippedFiles), "file", "files") + " without Kubernetes objects skipped"
+	}
+	return s
 }
 
 // parsePortList reads "5432,6379,8000-8100".

@@ -5,6 +5,8 @@ import (
 	"io"
 	"strings"
 	"testing"
+
+	"sigs.k8s.io/yaml"
 )
 
 // benchCluster writes a cluster shaped like bench/netpol.sh's: namespaces
@@ -76,6 +78,32 @@ func BenchmarkLoad(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// BenchmarkLoadJSONList loads the 1,000-pod cluster as `kubectl get -o
+// json` prints it: one List.
+func BenchmarkLoadJSONList(b *testing.B) {
+	c := Parse(LoadOptions{}, "bench.yaml", []byte(benchCluster(1000)))
+	var items []string
+	for _, d := range strings.Split(benchCluster(1000), "---\n") {
+		if strings.TrimSpace(d) == "" {
+			continue
+		}
+		j, err := yaml.YAMLToJSON([]byte(d))
+		if err != nil {
+			b.Fatal(err)
+		}
+		items = append(items, string(j))
+	}
+	data := []byte(`{"apiVersion": "v1", "kind": "List", "items": [` + strings.Join(items, ",\n") + "]}")
+	b.SetBytes(int64(len(data)))
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		got := Parse(LoadOptions{}, "bench.json", data)
+		if len(got.Pods) != len(c.Pods) || len(got.Problems) > 0 {
+			b.Fatalf("%d pods, %v", len(got.Pods), got.Problems)
+		}
 	}
 }
 

@@ -372,7 +372,12 @@ func (v *Verdict) Explain(a *Analyzer) string {
 			}
 		}
 		if a != nil && self.Pod != nil && s.Exempt == "" {
-			for _, n := range a.NotSelecting(self) {
+			ns := a.NotSelecting(self)
+			for i, n := range ns {
+				if i == 10 {
+					fmt.Fprintf(&b, "  · and %d more policies of namespace %s do not select %s\n", len(ns)-10, self.Pod.Namespace, self)
+					break
+				}
 				fmt.Fprintf(&b, "  · not selecting %s: %s\n", self, n)
 			}
 			for _, cp := range a.policies {

@@ -362,10 +362,7 @@ func expandLists(units []*unit) []*unit {
 		for k, item := range u.hdr.Items {
 			path := fmt.Sprintf("items[%d]", k)
 			s := u.src
-			s.Item = k
-			if n := fieldLine(u.d, path); n > 0 {
-				s.Line = n
-			}
+			s.Item = k // its line is looked up only for a problem: a JSON dump is large
 			iu := &unit{d: u.d, src: s, itemPath: path, implAPI: implAPI, implKind: implKind, json: item}
 			iu.convert()
 			out = append(out, iu)
