@@ -330,8 +330,8 @@ func (a *Analyzer) NotSelecting(e Endpoint) []string {
 	return out
 }
 
-// IgnoredRules returns a policy's rules that cannot apply because its
-// policyTypes leave their direction out ("policy ingress rules are ignored").
+// ignoredRules returns the directions whose rules a policy has but its
+// policyTypes leave out, so the rules never apply.
 func ignoredRules(p *Policy) []Direction {
 	var out []Direction
 	if !p.Ingress && len(p.Spec.Ingress) > 0 {

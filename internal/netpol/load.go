@@ -104,17 +104,16 @@ type object struct {
 	ns     string
 	name   string
 	owners []metav1.OwnerReference
-	ns0    *Namespace
+	nsObj  *Namespace
 	pod    *Pod
 	policy *Policy
 }
 
 type loader struct {
-	opts     LoadOptions
-	c        *Cluster
-	objs     []*object
-	stdinErr bool
-	stdinN   int
+	opts   LoadOptions
+	c      *Cluster
+	objs   []*object
+	stdinN int
 }
 
 func newLoader(opts LoadOptions) *loader {
@@ -287,7 +286,7 @@ func (l *loader) namespace(o *object, d *doc, itemPath string, v *corev1.Namespa
 		labels[k] = val
 	}
 	labels[NamespaceNameLabel] = o.name // the API server sets it, whatever the manifest says
-	o.ns0 = &Namespace{Name: o.name, Labels: labels, Source: o.src}
+	o.nsObj = &Namespace{Name: o.name, Labels: labels, Source: o.src}
 	l.objs = append(l.objs, o)
 }
 
@@ -474,8 +473,8 @@ func (l *loader) finish() *Cluster {
 	nsByName := map[string]*Namespace{}
 	for _, o := range order {
 		switch {
-		case o.ns0 != nil:
-			nsByName[o.ns0.Name] = o.ns0
+		case o.nsObj != nil:
+			nsByName[o.nsObj.Name] = o.nsObj
 		case o.pod != nil && !shadowed[o]:
 			c.Pods = append(c.Pods, o.pod)
 		case o.policy != nil:
@@ -514,10 +513,16 @@ func (l *loader) finish() *Cluster {
 		}
 		return a.Name < b.Name
 	})
+	fileOrder := map[string]int{} // files in the order they were read
+	for _, p := range c.Problems {
+		if _, ok := fileOrder[p.Source.File]; !ok {
+			fileOrder[p.Source.File] = len(fileOrder)
+		}
+	}
 	sort.SliceStable(c.Problems, func(i, j int) bool {
 		a, b := c.Problems[i].Source, c.Problems[j].Source
 		if a.File != b.File {
-			return false // keep file order as read
+			return fileOrder[a.File] < fileOrder[b.File]
 		}
 		if a.Document != b.Document {
 			return a.Document < b.Document

@@ -4,9 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 
-	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	metavalidation "k8s.io/apimachinery/pkg/apis/meta/v1/validation"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/validation"
@@ -153,17 +151,4 @@ func parseCIDR(s string) (netip.Prefix, error) {
 		p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
 	}
 	return p.Masked(), nil
-}
-
-// protocolName is the protocol a port names (TCP when unset).
-func protocolName(p *corev1.Protocol) string {
-	if p == nil {
-		return "TCP"
-	}
-	return string(*p)
-}
-
-// selectorIsEmpty reports whether a selector selects everything.
-func selectorIsEmpty(s *metav1.LabelSelector) bool {
-	return s != nil && len(s.MatchLabels) == 0 && len(s.MatchExpressions) == 0
 }
