@@ -269,7 +269,7 @@ port name the destination pod declares.
 
 Exits 0 with a decision, allowed or denied; non-zero when it could not
 decide (bad input, unknown pod).`,
-		Example: `  trustmesh netpol check -f examples/netpol/seed-zero-trust-api --from default/frontend --to default/api --port 8443
+		Example: `  trustmesh netpol check -f examples/netpol/seed-default-deny-then-allow --from default/frontend --to default/api --port 8080
   trustmesh netpol check -f cluster.yaml --from default/api --to 8.8.8.8 --port 53 --protocol UDP -o json`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -316,7 +316,7 @@ every rule of those policies with the peer and port that matched or why
 none did, the namespace's policies that do not select the pod (with the
 label they require), and rules a policy's policyTypes make it ignore.
 -o json is check's JSON with every evaluated rule under "rules".`,
-		Example: `  trustmesh netpol explain -f examples/netpol/seed-zero-trust-api --from default/frontend --to default/api --port 8080
+		Example: `  trustmesh netpol explain -f examples/netpol/seed-default-deny-then-allow --from production/frontend --to production/api --port http
   trustmesh netpol explain -f cluster.yaml --from prod/web --to prod/db --port postgres -o json`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
