@@ -32,7 +32,8 @@
 #   ROUNDS [3]        rounds; each measures every setup once
 #   DURATION [10]     seconds per measurement; WARMUP [3] per setup, once
 #   THREADS [2], CONNS [64]   wrk -t/-c; BODY [128] response bytes
-#   BASE_PORT [18400] loopback ports BASE_PORT..BASE_PORT+50
+#   BASE_PORT         loopback ports BASE_PORT..BASE_PORT+50 [20000-59900,
+#                     from the PID]
 #   NGINX_WORKERS [2] worker_processes of each nginx
 #   QUIET_WAIT [30]   before each measurement, wait up to this long for a
 #                     quiet second (< 5% CPU busy; 0: don't wait); the
@@ -52,7 +53,9 @@ WARMUP=${WARMUP:-3}
 THREADS=${THREADS:-2}
 CONNS=${CONNS:-64}
 BODY=${BODY:-128}
-BASE_PORT=${BASE_PORT:-18400}
+# A base port per run, so two runs (which would skew each other anyway)
+# at least do not talk to each other's processes.
+BASE_PORT=${BASE_PORT:-$((20000 + ($$ % 400) * 100))}
 NGINX_WORKERS=${NGINX_WORKERS:-2}
 QUIET_WAIT=${QUIET_WAIT:-30}
 PROFILE=${PROFILE:-0}
@@ -183,7 +186,12 @@ proxy_kib() { # NAME FIELD
 }
 mib() { awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}'; }
 
+port_open() { (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null; }
+
 install_packages
+for a in "$SERVER_ADDR" "$BACKEND_ADDR" "$NGINX_OUT_ADDR" "$NGINX_IN_ADDR" "$TM_OUT_ADDR" "$TM_IN_ADDR"; do
+  ! port_open "$a" || die "$a is in use (another bench/dataplane.sh running? its load would skew both): set BASE_PORT"
+done
 dir=$(mktemp -d /tmp/tm-bench-dataplane.XXXXXX)
 mkdir -p "$dir/svid" "$dir/policy" "$dir/nginx-out" "$dir/nginx-in"
 
@@ -368,7 +376,6 @@ start tm-out env GOMAXPROCS=2 "${pp_out[@]}" "$tm" proxy run --socket "$sock" --
 
 # env execs the proxy, so these PIDs are the proxies themselves. Wait for
 # the listeners without sending a request through (idle RSS comes first).
-port_open() { (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null; }
 wait_for 60 tm-in port_open "$TM_IN_ADDR"
 wait_for 60 tm-out port_open "$TM_OUT_ADDR"
 wait_for 10 nginx-in port_open "$NGINX_IN_ADDR"
@@ -376,6 +383,8 @@ wait_for 10 nginx-out port_open "$NGINX_OUT_ADDR"
 
 PROXIES=(tm-out tm-in nginx-out nginx-in)
 sleep 2 # let start-up allocation settle
+all_alive() { for n in "${NAMES[@]}"; do alive_or_die "$n"; done; }
+all_alive # (a listener that answered might not have been ours)
 declare -A IDLE LOADED PEAK
 for n in "${PROXIES[@]}"; do IDLE[$n]=$(proxy_kib "$n" VmRSS); done
 
@@ -509,6 +518,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
       perf_job=$!
     fi
     wait_quiet
+    all_alive
     mapfile -t ours < <(all_pids)
     t0=$(cpu_ticks "${pids[@]}") a0=$(cpu_ticks "${ours[@]}") b0=$(busy_ticks) w0=$EPOCHREALTIME
     TIMEFORMAT='%3U %3S'
