@@ -10,6 +10,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/trustmesh/trustmesh/internal/apiclient"
 	"github.com/trustmesh/trustmesh/internal/configfile"
 	"github.com/trustmesh/trustmesh/internal/registry"
 )
@@ -83,6 +84,9 @@ type Settings struct {
 	BackoffBase  time.Duration
 	BackoffMax   time.Duration
 	WatchSilence time.Duration
+	// ServerTimeouts bound every call to the server, the watch stream's
+	// opening included (zero fields: apiclient.DefaultTimeouts).
+	ServerTimeouts apiclient.Timeouts
 }
 
 // LoadSettings decodes the config file (if path is set), applies

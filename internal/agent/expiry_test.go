@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -17,10 +16,15 @@ import (
 	apiv1 "github.com/trustmesh/trustmesh/api/v1"
 )
 
-// hangProxy forwards TCP connections to a server until hang is called;
-// from then on it accepts connections and never answers them (nor closes
-// them), as a server that is up but stuck would: requests to it neither
-// succeed nor fail until the client gives up.
+// hangProxy forwards TCP connections to a server until hang or stall is
+// called; from then on it accepts connections and never answers them (nor
+// closes them), as a server that is up but stuck would: requests to it
+// neither succeed nor fail until the client gives up. hang also cuts the
+// connections it was forwarding; stall leaves them open and passes nothing
+// more on them, as a stuck server does. resume forwards new connections
+// again; those accepted or stalled during the outage stay dead (open,
+// never answered), as behind a load balancer that lost its backend: only a
+// client that gives up on them and connects afresh gets through.
 type hangProxy struct {
 	ln     net.Listener
 	target string
@@ -28,8 +32,10 @@ type hangProxy struct {
 
 	mu      sync.Mutex
 	hanging bool
+	gen     int // outages so far: a connection forwarded in an earlier one is stalled
 	closed  bool
 	conns   []net.Conn
+	done    chan struct{} // closed by close: stalled copies end
 }
 
 func newHangProxy(t *testing.T, target string) *hangProxy {
@@ -38,7 +44,7 @@ func newHangProxy(t *testing.T, target string) *hangProxy {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &hangProxy{ln: ln, target: target}
+	p := &hangProxy{ln: ln, target: target, done: make(chan struct{})}
 	go p.serve()
 	t.Cleanup(p.close)
 	return p
@@ -69,17 +75,17 @@ func (p *hangProxy) serve() {
 			continue
 		}
 		p.mu.Lock()
-		hanging := p.hanging
+		hanging, gen := p.hanging, p.gen
 		p.mu.Unlock()
 		if hanging {
 			p.hung.Add(1) // accepted: never read from, written to or closed
 			continue
 		}
-		go p.forward(c)
+		go p.forward(c, gen)
 	}
 }
 
-func (p *hangProxy) forward(c net.Conn) {
+func (p *hangProxy) forward(c net.Conn, gen int) {
 	up, err := net.Dial("tcp", p.target)
 	if err != nil {
 		c.Close()
@@ -90,11 +96,35 @@ func (p *hangProxy) forward(c net.Conn) {
 		return
 	}
 	go func() {
-		io.Copy(up, c)
+		p.copy(up, c, gen)
 		up.Close()
 	}()
-	io.Copy(c, up)
+	p.copy(c, up, gen)
 	c.Close()
+}
+
+// copy forwards src to dst while the connection's generation is current;
+// once stalled it holds what it reads until the proxy closes.
+func (p *hangProxy) copy(dst, src net.Conn, gen int) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			p.mu.Lock()
+			pass := p.gen == gen
+			p.mu.Unlock()
+			if !pass {
+				<-p.done
+				return
+			}
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
 }
 
 // hang cuts every forwarded connection and leaves new ones unanswered.
@@ -102,16 +132,37 @@ func (p *hangProxy) hang() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.hanging = true
+	p.gen++
 	for _, c := range p.conns {
 		c.Close()
 	}
 	p.conns = nil
 }
 
+// stall leaves new connections unanswered and passes nothing more on the
+// forwarded ones, closing none.
+func (p *hangProxy) stall() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.hanging = true
+	p.gen++
+}
+
+// resume forwards new connections again.
+func (p *hangProxy) resume() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.hanging = false
+}
+
 func (p *hangProxy) close() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.closed {
+		return
+	}
 	p.closed = true
+	close(p.done)
 	p.ln.Close()
 	for _, c := range p.conns {
 		c.Close()

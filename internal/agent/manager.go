@@ -68,9 +68,11 @@ func (m *manager) watchLoop(ctx context.Context) error {
 	resync := time.NewTimer(m.set.ResyncInterval)
 	defer resync.Stop()
 	for ctx.Err() == nil {
-		err := m.watchOnce(ctx, resync)
-		if err == nil {
+		healthy, err := m.watchOnce(ctx, resync)
+		if healthy || err == nil {
 			b.reset()
+		}
+		if err == nil {
 			continue
 		}
 		if rerr := m.node.Recover(ctx, err); rerr != nil {
@@ -92,13 +94,22 @@ type watchResult struct {
 	err error
 }
 
-// watchOnce runs one watch stream; nil means "reconnect at once".
-func (m *manager) watchOnce(ctx context.Context, resync *time.Timer) error {
+// watchOnce runs one watch stream; nil means "reconnect at once". healthy
+// says the stream worked for a while (at least the longest backoff), so a
+// failure after it is a new outage: the backoff starts over.
+//
+// Every step is bounded, so that a server that accepts connections and
+// never answers is noticed (the error makes the caller mark the agent
+// degraded and retry with backoff): opening the stream by the client's
+// timeouts (connect, TLS handshake, response headers), and the open
+// stream by WatchSilence: no first event, or no event or heartbeat since
+// the last one, for that long ends it.
+func (m *manager) watchOnce(ctx context.Context, resync *time.Timer) (healthy bool, err error) {
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stream, err := m.node.client.Watch(wctx)
 	if err != nil {
-		return err
+		return false, fmt.Errorf("open watch stream: %w", err)
 	}
 	defer stream.Close()
 	events := make(chan watchResult)
@@ -115,13 +126,18 @@ func (m *manager) watchOnce(ctx context.Context, resync *time.Timer) error {
 			}
 		}
 	}()
+	var since time.Time // first event
+	defer func() { healthy = !since.IsZero() && time.Since(since) >= m.set.BackoffMax }()
 	silence := time.NewTimer(m.set.WatchSilence)
 	defer silence.Stop()
 	for {
 		select {
 		case r := <-events:
 			if r.err != nil {
-				return fmt.Errorf("watch stream: %w", r.err)
+				return false, fmt.Errorf("watch stream: %w", r.err)
+			}
+			if since.IsZero() {
+				since = time.Now()
 			}
 			silence.Reset(m.set.WatchSilence)
 			m.health.ok()
@@ -130,17 +146,17 @@ func (m *manager) watchOnce(ctx context.Context, resync *time.Timer) error {
 				m.apply(r.ev.Entries, r.ev.Bundle)
 			}
 		case <-silence.C:
-			return errors.New("watch stream silent: no event or heartbeat from the server")
+			return false, errors.New("watch stream silent: no event or heartbeat from the server")
 		case <-resync.C:
 			err := m.resync(ctx)
 			resync.Reset(m.set.ResyncInterval)
 			if err != nil {
-				return err
+				return false, err
 			}
 		case <-m.renewed:
-			return nil
+			return false, nil
 		case <-ctx.Done():
-			return nil
+			return false, nil
 		}
 	}
 }

@@ -86,7 +86,8 @@ func newNode(set Settings, log *slog.Logger) (*node, error) {
 		boot = saved
 	}
 	n.bundle.Store(boot)
-	n.client = apiclient.NewTLS(set.Server, identity.ClientTLSConfig(n.clientCert, n, registry.ServerID(n.td)))
+	n.client = apiclient.NewTLS(set.Server, identity.ClientTLSConfig(n.clientCert, n, registry.ServerID(n.td)),
+		apiclient.WithTimeouts(set.ServerTimeouts))
 	return n, nil
 }
 
@@ -275,7 +276,7 @@ func (n *node) attestX509PoP(ctx context.Context, csr []byte) (apiv1.AttestRespo
 		}
 		sig, err := attest.SignX509PoP(key, binding)
 		return &apiv1.X509PoPProof{Chain: chain, Signature: sig}, err
-	})
+	}, apiclient.WithTimeouts(n.set.ServerTimeouts))
 }
 
 // RenewDue renews the agent SVID if half its life has passed.

@@ -13,7 +13,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-
 	"time"
 
 	apiv1 "github.com/trustmesh/trustmesh/api/v1"
@@ -28,28 +27,112 @@ type Error struct {
 
 func (e *Error) Error() string { return e.Message }
 
+// Timeouts bound every phase of a call to the server, so that a server
+// that accepts connections but never answers (hung, or a black hole on the
+// way) makes calls fail in bounded time instead of blocking. A zero field
+// takes its value from DefaultTimeouts.
+type Timeouts struct {
+	// Dial bounds the TCP connect (or unix socket connect).
+	Dial time.Duration
+	// TLSHandshake bounds the TLS handshake of a new connection.
+	TLSHandshake time.Duration
+	// Call bounds an ordinary call as a whole: connection, request,
+	// response headers and body.
+	Call time.Duration
+	// StreamOpen bounds opening the watch stream: connection, request and
+	// response headers. The stream itself then has no deadline (it is
+	// long-lived); its reader watches for silence (the server sends
+	// heartbeats).
+	StreamOpen time.Duration
+	// Ping is the HTTP/2 connection health check: a connection on which
+	// nothing arrived for this long is pinged, and closed if the ping is
+	// not answered within as long again. Without it a connection to a
+	// server that stopped answering would stay in the pool, and every
+	// later call on it (the watch stream reopening included) would wait
+	// out its own timeout and fail, even once the server answers new
+	// connections again.
+	Ping time.Duration
+}
+
+// DefaultTimeouts are the timeouts of a client made without WithTimeouts.
+var DefaultTimeouts = Timeouts{
+	Dial:         10 * time.Second,
+	TLSHandshake: 10 * time.Second,
+	Call:         30 * time.Second,
+	StreamOpen:   30 * time.Second,
+	Ping:         15 * time.Second,
+}
+
+// withDefaults fills zero fields from DefaultTimeouts.
+func (t Timeouts) withDefaults() Timeouts {
+	d := DefaultTimeouts
+	for _, f := range []struct{ v, def *time.Duration }{
+		{&t.Dial, &d.Dial}, {&t.TLSHandshake, &d.TLSHandshake}, {&t.Call, &d.Call},
+		{&t.StreamOpen, &d.StreamOpen}, {&t.Ping, &d.Ping},
+	} {
+		if *f.v <= 0 {
+			*f.v = *f.def
+		}
+	}
+	return t
+}
+
+// Option configures a client.
+type Option func(*options)
+
+type options struct {
+	timeouts Timeouts
+}
+
+// WithTimeouts sets the client's timeouts (zero fields: the defaults).
+func WithTimeouts(t Timeouts) Option {
+	return func(o *options) { o.timeouts = t }
+}
+
+func buildOptions(opts []Option) options {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	o.timeouts = o.timeouts.withDefaults()
+	return o
+}
+
 // Client calls the API.
 type Client struct {
-	http *http.Client
-	base string
+	http     *http.Client
+	base     string
+	timeouts Timeouts
 }
 
 // NewSocket returns a client for the admin unix socket at path.
-func NewSocket(path string) *Client {
+func NewSocket(path string, opts ...Option) *Client {
+	o := buildOptions(opts)
+	d := net.Dialer{Timeout: o.timeouts.Dial}
 	tr := &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
 			return d.DialContext(ctx, "unix", path)
 		},
 	}
-	return &Client{http: &http.Client{Transport: tr, Timeout: 30 * time.Second}, base: "http://admin.sock"}
+	return &Client{http: &http.Client{Transport: tr, Timeout: o.timeouts.Call}, base: "http://admin.sock", timeouts: o.timeouts}
 }
 
 // NewTLS returns a client for the server's TCP listener at addr
 // (host:port) with the given TLS configuration (see identity).
-func NewTLS(addr string, cfg *tls.Config) *Client {
-	tr := &http.Transport{TLSClientConfig: cfg, ForceAttemptHTTP2: true}
-	return &Client{http: &http.Client{Transport: tr, Timeout: 30 * time.Second}, base: "https://" + addr}
+func NewTLS(addr string, cfg *tls.Config, opts ...Option) *Client {
+	o := buildOptions(opts)
+	d := &net.Dialer{Timeout: o.timeouts.Dial, KeepAlive: 30 * time.Second}
+	tr := &http.Transport{
+		TLSClientConfig:     cfg,
+		ForceAttemptHTTP2:   true,
+		DialContext:         d.DialContext,
+		TLSHandshakeTimeout: o.timeouts.TLSHandshake,
+		HTTP2: &http.HTTP2Config{
+			SendPingTimeout: o.timeouts.Ping,
+			PingTimeout:     o.timeouts.Ping,
+		},
+	}
+	return &Client{http: &http.Client{Transport: tr, Timeout: o.timeouts.Call}, base: "https://" + addr, timeouts: o.timeouts}
 }
 
 // Close releases idle connections.
@@ -282,31 +365,57 @@ func IsStatus(err error, status int) bool {
 
 // Watch opens the agent watch stream. Next returns events until the stream
 // ends (io.EOF) or fails; Close ends it.
+//
+// Opening is bounded (the client's Dial, TLSHandshake and StreamOpen
+// timeouts: a server that accepts the connection and never answers makes
+// Watch fail rather than block); the open stream has no deadline.
 func (c *Client) Watch(ctx context.Context) (*WatchStream, error) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	open := c.timeouts.StreamOpen
+	timer := time.AfterFunc(open, func() { cancel(errStreamOpen) })
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+apiv1.PathAgentWatch, nil)
 	if err != nil {
+		timer.Stop()
+		cancel(nil)
 		return nil, err
 	}
-	// The stream is long-lived: the client's overall timeout must not apply.
+	// The stream is long-lived: the client's overall timeout must not
+	// apply (the timer above bounds the opening instead).
 	hc := *c.http
 	hc.Timeout = 0
 	resp, err := hc.Do(req)
-	if err != nil {
-		return nil, unwrapDialError(err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		defer resp.Body.Close()
+	if err == nil && resp.StatusCode != http.StatusOK {
+		// A refusal: its short body is read still under the open timeout.
 		data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		resp.Body.Close()
+		timer.Stop()
+		cancel(nil)
 		return nil, errorFrom(resp, data)
 	}
+	if !timer.Stop() {
+		// The open timeout fired: whatever Do returned, the stream's
+		// context is cancelled.
+		if err == nil {
+			resp.Body.Close()
+		}
+		cancel(nil)
+		return nil, fmt.Errorf("no answer from the server within %s: %w", open, context.DeadlineExceeded)
+	}
+	if err != nil {
+		cancel(nil)
+		return nil, unwrapDialError(err)
+	}
 	dec := json.NewDecoder(resp.Body)
-	return &WatchStream{body: resp.Body, dec: dec}, nil
+	return &WatchStream{body: resp.Body, dec: dec, cancel: cancel}, nil
 }
+
+var errStreamOpen = errors.New("watch stream open timeout")
 
 // WatchStream reads watch events.
 type WatchStream struct {
-	body io.ReadCloser
-	dec  *json.Decoder
+	body   io.ReadCloser
+	dec    *json.Decoder
+	cancel context.CancelCauseFunc
 }
 
 // Next returns the next event. An "error" event is returned as an *Error
@@ -323,4 +432,8 @@ func (w *WatchStream) Next() (apiv1.WatchEvent, error) {
 }
 
 // Close ends the stream.
-func (w *WatchStream) Close() error { return w.body.Close() }
+func (w *WatchStream) Close() error {
+	err := w.body.Close()
+	w.cancel(nil)
+	return err
+}
