@@ -13,8 +13,12 @@
 # added p99 <= 1 ms.
 #
 # Environment: ROUNDS (3), DURATION seconds (10), WARMUP seconds (2),
-# THREADS (2), CONNS (32), BASE_PORT (18600; uses BASE_PORT..+3), KEEP=1
-# keeps the work directory.
+# THREADS (2), CONNS (32), BASE_PORT (18600; uses BASE_PORT..+4), KEEP=1
+# keeps the work directory. PROFILE=DIR runs the gateway from a bench-only
+# wrapper with net/http/pprof on BASE_PORT+4 (the product has no pprof
+# endpoint) and, after the rounds, writes DIR/session.pprof and
+# DIR/bearer.pprof: CPU profiles of one more DURATION run of each
+# (`go tool pprof -top DIR/session.pprof`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +29,8 @@ THREADS=${THREADS:-2}
 CONNS=${CONNS:-32}
 BASE_PORT=${BASE_PORT:-18600}
 KEEP=${KEEP:-0}
+PROFILE=${PROFILE:-}
+PPROF_ADDR=127.0.0.1:$((BASE_PORT + 4))
 IDP_ADDR=127.0.0.1:$((BASE_PORT + 1))
 BACKEND_ADDR=127.0.0.1:$((BASE_PORT + 2))
 GW_ADDR=127.0.0.1:$((BASE_PORT + 3))
@@ -124,9 +130,48 @@ func main() {
 }
 GO
 
+# The profiling wrapper: `gateway run` with pprof on PPROF_ADDR.
+if [ -n "$PROFILE" ]; then
+  mkdir -p "$helper_dir/prof" "$PROFILE"
+  PROFILE=$(cd "$PROFILE" && pwd)
+  cat >"$helper_dir/prof/main.go" <<'GO'
+package main
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	_ "net/http/pprof"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/trustmesh/trustmesh/internal/gateway"
+)
+
+func main() {
+	pprofAddr, config := os.Args[1], os.Args[2]
+	go func() { panic(http.ListenAndServe(pprofAddr, nil)) }()
+	set, err := gateway.LoadSettings(config, nil)
+	if err != nil {
+		panic(err)
+	}
+	var lv slog.Level
+	_ = lv.UnmarshalText([]byte(set.LogLevel))
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lv}))
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := gateway.New(set, log, gateway.Options{}).Run(ctx); err != nil {
+		panic(err)
+	}
+}
+GO
+fi
+
 echo "building" >&2
 go build -o "$work/trustmesh" ./cmd/trustmesh
 go build -o "$work/helper" "./$helper_dir"
+[ -z "$PROFILE" ] || go build -o "$work/gateway-prof" "./$helper_dir/prof"
 "$work/helper" "$IDP_ADDR" "$BACKEND_ADDR" "http://$GW_ADDR" "$work/creds" >"$work/helper.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 200); do [ -s "$work/creds.idp" ] && break; sleep 0.05; done
@@ -144,7 +189,11 @@ routes:
 audit_log: $work/audit.log
 log_level: warn
 YAML
-"$work/trustmesh" gateway run --config "$work/gateway.yaml" >"$work/gateway.log" 2>&1 &
+if [ -n "$PROFILE" ]; then
+  "$work/gateway-prof" "$PPROF_ADDR" "$work/gateway.yaml" >"$work/gateway.log" 2>&1 &
+else
+  "$work/trustmesh" gateway run --config "$work/gateway.yaml" >"$work/gateway.log" 2>&1 &
+fi
 pids+=($!)
 for _ in $(seq 1 400); do [ -s "$work/creds" ] && break; sleep 0.05; done
 [ -s "$work/creds" ] || { cat "$work/helper.log" "$work/gateway.log" >&2; exit 1; }
@@ -189,6 +238,19 @@ for r in $(seq 1 "$ROUNDS"); do
     esac
   done
 done
+if [ -n "$PROFILE" ]; then
+  for s in session bearer; do
+    echo "profiling $s" >&2
+    curl -fsS -o "$PROFILE/$s.pprof" "http://$PPROF_ADDR/debug/pprof/profile?seconds=$DURATION" &
+    cp=$!
+    case $s in
+      session) measure session "$DURATION" "${sess[@]}" >/dev/null ;;
+      bearer) measure bearer "$DURATION" "${bear[@]}" >/dev/null ;;
+    esac
+    wait "$cp"
+  done
+  echo "profiles: $PROFILE/session.pprof $PROFILE/bearer.pprof (the figures below are from the profiling wrapper)" >&2
+fi
 echo
 echo "wrk -t$THREADS -c$CONNS, $ROUNDS rounds of ${DURATION}s, medians:"
 awk '
