@@ -12,8 +12,10 @@
 // link (or copy) of the trustmesh binary, <dir>/<service>/trustmesh, and its
 // registration entry selects unix:path:<that link> and unix:uid:<your uid>.
 // The agent reads the caller's /proc/<pid>/exe through SO_PEERCRED, exactly
-// as it attests any workload, so no child can obtain another's SVID. This
-// needs no privileges; with root, distinct uids would do as well.
+// as it attests any workload, so each child gets its own SVID and no other.
+// This needs no privileges. It separates the demo's workloads from each
+// other, not from the user: any process of the same uid can exec a link.
+// Production separates workloads by uid.
 package dev
 
 import (

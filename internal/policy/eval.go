@@ -42,7 +42,12 @@ type attrs struct {
 	http         bool
 	path         string // normalized
 	method, host string
-	auth         *Auth
+	// bareHost is host without its port and trailing dot ("" when that is
+	// host itself): hosts rules match either form, so a DENY on
+	// "admin.example.com" is not escaped by sending "admin.example.com:443"
+	// or "admin.example.com." (Istio matches the raw authority only).
+	bareHost string
+	auth     *Auth
 }
 
 func prepare(in *Input) (attrs, error) {
@@ -59,6 +64,9 @@ func prepare(in *Input) (attrs, error) {
 	if r := in.Request; r != nil {
 		a.http = true
 		a.method, a.host, a.auth = r.Method, r.Host, r.Auth
+		if b := bareHost(r.Host); b != r.Host {
+			a.bareHost = b
+		}
 		p, err := NormalizePath(r.Path)
 		if err != nil {
 			return a, err
@@ -336,6 +344,21 @@ func (s *compiledSource) mismatch(a *attrs) string {
 	return ""
 }
 
+// bareHost drops a port (host:port, [v6]:port) and a trailing dot, without
+// allocating.
+func bareHost(h string) string {
+	if i := strings.LastIndexByte(h, ':'); i >= 0 && !strings.Contains(h[i:], "]") &&
+		(strings.HasPrefix(h, "[") || strings.Count(h, ":") == 1) {
+		h = h[:i]
+	}
+	return strings.TrimSuffix(h, ".")
+}
+
+// hostIn matches the Host as sent or without its port and trailing dot.
+func (a *attrs) hostIn(l *strList) bool {
+	return l.any(a.host) || (a.bareHost != "" && l.any(a.bareHost))
+}
+
 func (a *attrs) authPrincipal() string {
 	if a.auth == nil {
 		return ""
@@ -346,9 +369,9 @@ func (a *attrs) authPrincipal() string {
 func (o *compiledOperation) mismatch(a *attrs) string {
 	port := a.in.Destination.Port
 	switch {
-	case o.hosts.set && !o.hosts.any(a.host):
+	case o.hosts.set && !a.hostIn(&o.hosts):
 		return "host mismatch"
-	case o.notHosts.set && o.notHosts.any(a.host):
+	case o.notHosts.set && a.hostIn(&o.notHosts):
 		return "host excluded by notHosts"
 	case o.ports.set && !o.ports.contains(port):
 		return "port mismatch"

@@ -212,7 +212,9 @@ func TestRuleMatching(t *testing.T) {
   - operation: {hosts: ["API.example.com", "*.internal"]}`, []c{
 			{"exact other case", req{host: "api.EXAMPLE.com"}, true},
 			{"suffix", req{host: "db.Internal"}, true},
-			{"with a port it is another host (Istio)", req{host: "api.example.com:8443"}, false},
+			{"with a port it is the same host", req{host: "api.example.com:8443"}, true},
+			{"with a trailing dot too", req{host: "api.example.com."}, true},
+			{"a port does not make another host match", req{host: "evil.com:443"}, false},
 			{"other", req{host: "evil.com"}, false},
 		}},
 		{"ports and notPorts", `
@@ -436,6 +438,29 @@ spec:
 	}
 	if d := decide(t, s, req{labels: map[string]string{"app": "api", "version": "v1", "x": "y"}}); d.Allow {
 		t.Errorf("full label match did not select the workload")
+	}
+}
+
+func TestBareHost(t *testing.T) {
+	for in, want := range map[string]string{"": "", "a.com": "a.com", "a.com:80": "a.com", "a.com.": "a.com", "a.com.:80": "a.com",
+		"[::1]:80": "[::1]", "[::1]": "[::1]", "::1": "::1", "10.0.0.1:8080": "10.0.0.1"} {
+		if got := bareHost(in); got != want {
+			t.Errorf("bareHost(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestHostSpellingsDoNotBypassDeny(t *testing.T) {
+	s := compileYAML(t, Options{}, policyDoc("deny-admin-host", "default", "DENY", "", `
+- to:
+  - operation: {hosts: ["admin.example.com"]}`))
+	for _, h := range []string{"admin.example.com", "ADMIN.example.com", "admin.example.com:443", "admin.example.com.", "admin.example.com.:8080"} {
+		if d := decide(t, s, req{host: h}); d.Allow {
+			t.Errorf("Host %q bypassed the DENY", h)
+		}
+	}
+	if d := decide(t, s, req{host: "www.example.com:443"}); !d.Allow {
+		t.Errorf("another host denied: %s", d.Reason)
 	}
 }
 

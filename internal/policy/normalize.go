@@ -40,9 +40,6 @@ func NormalizePath(p string) (string, error) {
 	if p == "" {
 		return "/", nil
 	}
-	if p == "*" { // OPTIONS *
-		return p, nil
-	}
 	if p[0] != '/' && p[0] != '\\' && p[0] != '%' {
 		return "", ErrPathNotOrigin
 	}
