@@ -201,14 +201,15 @@ if [ -n "${TRUSTMESH_BIN:-}" ]; then
   # A prebuilt binary (A/B-testing a proxy change); PROFILE=1 wants it
   # built from bench/dataplane/pprof.
   cp "$TRUSTMESH_BIN" "$tm"
-  [ "$PROFILE" != 1 ] || PROFILE_DIR=${PROFILE_DIR:-$(mktemp -d /tmp/tm-dataplane-profiles.XXXXXX)}
 elif [ "$PROFILE" = 1 ]; then
   # The same CLI with net/http/pprof on $TRUSTMESH_PPROF.
   go build -o "$tm" ./bench/dataplane/pprof
-  PROFILE_DIR=${PROFILE_DIR:-$(mktemp -d /tmp/tm-dataplane-profiles.XXXXXX)}
-  mkdir -p "$PROFILE_DIR"
 else
   go build -o "$tm" ./cmd/trustmesh
+fi
+if [ "$PROFILE" = 1 ]; then
+  PROFILE_DIR=${PROFILE_DIR:-$(mktemp -d /tmp/tm-dataplane-profiles.XXXXXX)}
+  mkdir -p "$PROFILE_DIR"
 fi
 go build -o "$dir/backend" ./bench/dataplane/backend
 export TRUSTMESH_ADMIN_SOCKET=$dir/server/admin.sock
@@ -380,6 +381,10 @@ wait_for 60 tm-in port_open "$TM_IN_ADDR"
 wait_for 60 tm-out port_open "$TM_OUT_ADDR"
 wait_for 10 nginx-in port_open "$NGINX_IN_ADDR"
 wait_for 10 nginx-out port_open "$NGINX_OUT_ADDR"
+if [ "$PROFILE" = 1 ]; then # a TRUSTMESH_BIN not built from bench/dataplane/pprof has no profile endpoint
+  wait_for 10 tm-in http_ok "http://$PPROF_IN_ADDR/debug/pprof/"
+  wait_for 10 tm-out http_ok "http://$PPROF_OUT_ADDR/debug/pprof/"
+fi
 
 PROXIES=(tm-out tm-in nginx-out nginx-in)
 sleep 2 # let start-up allocation settle
@@ -491,9 +496,9 @@ truncate_logs() { : >"$dir/tm-in-audit.log" && : >"$dir/nginx-in/access.log"; }
 
 profile_start() {
   local secs=$((DURATION > 3 ? DURATION - 2 : 1))
-  curl -s -o "$PROFILE_DIR/tm-out.cpu.pprof" "http://$PPROF_OUT_ADDR/debug/pprof/profile?seconds=$secs" &
+  curl -sf -o "$PROFILE_DIR/tm-out.cpu.pprof" "http://$PPROF_OUT_ADDR/debug/pprof/profile?seconds=$secs" &
   PROF_PIDS=($!)
-  curl -s -o "$PROFILE_DIR/tm-in.cpu.pprof" "http://$PPROF_IN_ADDR/debug/pprof/profile?seconds=$secs" &
+  curl -sf -o "$PROFILE_DIR/tm-in.cpu.pprof" "http://$PPROF_IN_ADDR/debug/pprof/profile?seconds=$secs" &
   PROF_PIDS+=($!)
 }
 
@@ -507,18 +512,21 @@ for ((r = 1; r <= ROUNDS; r++)); do
   for ((k = 0; k < ${#SETUPS[@]}; k++)); do
     s=${SETUPS[$(((r - 1 + k) % ${#SETUPS[@]}))]}
     out=$dir/wrk.$s.$r.txt
+    mapfile -t pids < <(setup_pids "$s")
+    wait_quiet
+    all_alive
+    # The profile and perf windows start now, with wrk, not before
+    # wait_quiet (which can take up to QUIET_WAIT seconds: a profile started
+    # earlier could end before the load began, and come back empty).
     if [ "$PROFILE" = 1 ] && [ "$s" = trustmesh ] && [ "$r" = 1 ]; then
       (sleep 1 && profile_start && wait "${PROF_PIDS[@]}") &
       prof_job=$!
     fi
-    mapfile -t pids < <(setup_pids "$s")
     if [ "$PERF" = 1 ]; then
       perf stat -x, -e task-clock,context-switches,raw_syscalls:sys_enter -p "$(IFS=,; echo "${pids[*]}")" \
         -o "$dir/perf.$s.$r.txt" -- sleep "$DURATION" 2>/dev/null &
       perf_job=$!
     fi
-    wait_quiet
-    all_alive
     mapfile -t ours < <(all_pids)
     t0=$(cpu_ticks "${pids[@]}") a0=$(cpu_ticks "${ours[@]}") b0=$(busy_ticks) w0=$EPOCHREALTIME
     TIMEFORMAT='%3U %3S'
