@@ -224,6 +224,8 @@ const xfccKey ctxKey = 0
 func (in *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	p := in.p
+	p.audit.begin()
+	defer p.audit.end()
 	principal, leaf := peerOf(r.TLS)
 	reqID := r.Header.Get("X-Request-Id")
 	if !validRequestID(reqID) {

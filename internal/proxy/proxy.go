@@ -119,6 +119,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 		auditW = af
 	}
 	p.audit = newAuditLog(auditW, p.log)
+	defer p.audit.close() // before the file closes: writes what is buffered
 
 	p.log.Info("waiting for an SVID from the Workload API", "socket", p.set.Socket, "svid_id", idOrDefault(p.set.SVIDID))
 	id, err := openIdentity(ctx, p.set.Socket, p.set.SVIDID, p.set.SVIDWait)
