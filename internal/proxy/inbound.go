@@ -13,12 +13,12 @@ import (
 	"net/http/httputil"
 	"net/netip"
 	"net/url"
-	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
-	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/trustmesh/trustmesh/internal/policy"
@@ -39,6 +39,9 @@ type inbound struct {
 	rp  *httputil.ReverseProxy
 
 	tcp tcpConns
+
+	duration       prometheus.Observer // this listener's request_duration_seconds
+	upstreamErrors prometheus.Counter
 }
 
 func (p *Proxy) newInbound(l Listener, ln net.Listener) *inbound {
@@ -48,6 +51,8 @@ func (p *Proxy) newInbound(l Listener, ln net.Listener) *inbound {
 		alpn = nil
 	}
 	in.tls = p.id.serverTLS(p.trustDomains, alpn)
+	in.duration = p.metrics.duration.WithLabelValues("inbound", l.Name)
+	in.upstreamErrors = p.metrics.upstreamErrors.WithLabelValues(l.Name)
 	if l.Protocol == ProtocolHTTP {
 		in.hl = newChanListener(ln.Addr())
 		protocols := new(http.Protocols)
@@ -61,6 +66,9 @@ func (p *Proxy) newInbound(l Listener, ln net.Listener) *inbound {
 			MaxHeaderBytes:    p.set.MaxHeaderBytes,
 			Protocols:         protocols,
 			ErrorLog:          slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
+			ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+				return context.WithValue(ctx, connInfoKey, newConnInfo(c))
+			},
 			ConnState: func(c net.Conn, s http.ConnState) {
 				if s == http.StateClosed || s == http.StateHijacked {
 					p.releaseConn("inbound", l.Name)
@@ -85,7 +93,7 @@ func (p *Proxy) newInbound(l Listener, ln net.Listener) *inbound {
 			BufferPool: bufferPool{},
 			ErrorLog:   slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
 			ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-				p.metrics.upstreamErrors.WithLabelValues(l.Name).Inc()
+				in.upstreamErrors.Inc()
 				if !errors.Is(err, context.Canceled) {
 					p.log.Warn("application unreachable", "listener", l.Name, "forward", l.Forward, "err", err)
 				}
@@ -217,8 +225,85 @@ func addrOf(a net.Addr) netip.Addr {
 
 type ctxKey int
 
-// xfccKey carries the X-Forwarded-Client-Cert value to rewrite.
-const xfccKey ctxKey = 0
+// connInfoKey carries the *connInfo of the connection a request came on.
+const connInfoKey ctxKey = 0
+
+// connInfo is what every request on one connection shares, computed once
+// when the http.Server takes the connection (after the TLS handshake): the
+// verified peer, the addresses, and the X-Forwarded-Client-Cert value. A
+// TLS 1.3 peer cannot change its certificate within a connection.
+type connInfo struct {
+	principal string // verified SPIFFE ID; "" for plaintext
+	leafHash  string // hex SHA-256 of the peer's leaf certificate
+	mtls      bool
+	sni       string
+	srcIP     netip.Addr
+	srcIPText string
+	dstIP     netip.Addr
+	xfcc      atomic.Pointer[xfccValue]
+}
+
+// xfccValue is an X-Forwarded-Client-Cert value and the identity of ours
+// (By=) it was built with.
+type xfccValue struct{ self, value string }
+
+func newConnInfo(c net.Conn) *connInfo {
+	var cs *tls.ConnectionState
+	if tc, ok := c.(*tls.Conn); ok {
+		s := tc.ConnectionState()
+		cs = &s
+	}
+	ci := &connInfo{mtls: cs != nil, srcIP: addrOf(c.RemoteAddr()), dstIP: addrOf(c.LocalAddr())}
+	ci.srcIPText = ci.srcIP.String()
+	if cs != nil {
+		ci.sni = cs.ServerName
+	}
+	var leaf []byte
+	ci.principal, leaf = peerOf(cs)
+	if ci.principal != "" {
+		sum := sha256.Sum256(leaf)
+		ci.leafHash = hex.EncodeToString(sum[:])
+	}
+	return ci
+}
+
+// connInfoOf is r's connection's info, computed from r itself where the
+// connection has none (a request not served by inbound.srv).
+func connInfoOf(r *http.Request) *connInfo {
+	if ci, ok := r.Context().Value(connInfoKey).(*connInfo); ok {
+		return ci
+	}
+	ci := &connInfo{mtls: r.TLS != nil}
+	if ra, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
+		ci.srcIP = ra.Addr().Unmap()
+	}
+	ci.srcIPText = ci.srcIP.String()
+	if la, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
+		ci.dstIP = addrOf(la)
+	}
+	if r.TLS != nil {
+		ci.sni = r.TLS.ServerName
+	}
+	var leaf []byte
+	ci.principal, leaf = peerOf(r.TLS)
+	if ci.principal != "" {
+		sum := sha256.Sum256(leaf)
+		ci.leafHash = hex.EncodeToString(sum[:])
+	}
+	return ci
+}
+
+// xfccFor is the X-Forwarded-Client-Cert value for a request forwarded by
+// self: By=<self>;Hash=<leaf SHA-256>;URI=<peer>, built once per
+// connection (again only if our own SPIFFE ID changed).
+func (ci *connInfo) xfccFor(self string) string {
+	if v := ci.xfcc.Load(); v != nil && v.self == self {
+		return v.value
+	}
+	v := &xfccValue{self: self, value: "By=" + self + ";Hash=" + ci.leafHash + ";URI=" + ci.principal}
+	ci.xfcc.Store(v)
+	return v.value
+}
 
 // ServeHTTP authorizes one request and forwards it if allowed.
 func (in *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -226,39 +311,27 @@ func (in *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p := in.p
 	p.audit.begin()
 	defer p.audit.end()
-	principal, leaf := peerOf(r.TLS)
-	reqID := r.Header.Get("X-Request-Id")
-	if !validRequestID(reqID) {
-		reqID = uuid.NewString()
-	}
-	r.Header.Set("X-Request-Id", reqID)
+	ci := connInfoOf(r)
+	principal := ci.principal
+	reqID := ensureRequestID(r.Header)
 	self := p.id.ID().String()
 	pin := policy.Input{
-		Source:      policy.Peer{Principal: principal},
-		Destination: policy.Destination{Principal: self, Namespace: p.namespace, Labels: p.set.Labels, Port: in.l.Port},
+		Source:      policy.Peer{Principal: principal, IP: ci.srcIP},
+		Destination: policy.Destination{Principal: self, Namespace: p.namespace, Labels: p.set.Labels, Port: in.l.Port, IP: ci.dstIP},
 		Request:     &policy.Request{Method: r.Method, Path: r.RequestURI, Host: r.Host, Headers: r.Header},
-		Connection:  policy.Connection{MTLS: r.TLS != nil},
-	}
-	if ra, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
-		pin.Source.IP = ra.Addr().Unmap()
-	}
-	if la, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
-		pin.Destination.IP = addrOf(la)
-	}
-	if r.TLS != nil {
-		pin.Connection.SNI = r.TLS.ServerName
+		Connection:  policy.Connection{MTLS: ci.mtls, SNI: ci.sni},
 	}
 	set := p.engine.Set()
 	d := set.Evaluate(r.Context(), &pin)
 	if !d.Allow {
 		d = set.Explain(r.Context(), &pin) // the full reason, for the audit log
 	}
-	rec := &decisionRecord{
+	rec := decisionRecord{
 		RequestID: reqID, Direction: "inbound", Listener: in.l.Name, Protocol: ProtocolHTTP,
-		SourcePrincipal: principal, SourceIP: pin.Source.IP.String(), Destination: self, DestinationPort: in.l.Port,
-		Method: r.Method, Path: r.RequestURI, Host: r.Host, MTLS: r.TLS != nil, Authenticated: principal != "",
+		SourcePrincipal: principal, SourceIP: ci.srcIPText, Destination: self, DestinationPort: in.l.Port,
+		Method: r.Method, Path: r.RequestURI, Host: r.Host, MTLS: ci.mtls, Authenticated: principal != "",
 	}
-	fillDecision(rec, d)
+	fillDecision(&rec, d)
 	if !d.Allow {
 		status := http.StatusForbidden
 		body := "RBAC: access denied"
@@ -269,7 +342,7 @@ func (in *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("X-Content-Type-Options", "nosniff")
 		w.WriteHeader(status)
 		_, _ = io.WriteString(w, body)
-		in.finish(rec, status, start, principal, self)
+		in.finish(&rec, status, start, principal, self)
 		return
 	}
 	// Forward the path the policy matched, so the application sees what was
@@ -280,13 +353,23 @@ func (in *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			r.URL.Path, r.URL.RawPath = unescaped, np
 		}
 	}
-	if principal != "" {
-		sum := sha256.Sum256(leaf)
-		r = r.WithContext(context.WithValue(r.Context(), xfccKey, "By="+self+";Hash="+hex.EncodeToString(sum[:])+";URI="+principal))
-	}
 	sw := &statusWriter{ResponseWriter: w}
 	in.rp.ServeHTTP(sw, r)
-	in.finish(rec, sw.code(), start, principal, self)
+	in.finish(&rec, sw.code(), start, principal, self)
+}
+
+// ensureRequestID keeps a valid X-Request-Id and replaces anything else
+// (none, several, or an invalid one) with a new one; it returns the ID.
+func ensureRequestID(h http.Header) string {
+	if v := h["X-Request-Id"]; len(v) == 1 && validRequestID(v[0]) {
+		return v[0]
+	} else if len(v) > 1 && validRequestID(v[0]) {
+		h["X-Request-Id"] = v[:1] // the first, as Header.Get reads it
+		return v[0]
+	}
+	id := newRequestID()
+	h["X-Request-Id"] = []string{id}
+	return id
 }
 
 func (in *inbound) finish(rec *decisionRecord, status int, start time.Time, principal, self string) {
@@ -294,8 +377,8 @@ func (in *inbound) finish(rec *decisionRecord, status int, start time.Time, prin
 	rec.Status = status
 	rec.LatencyMS = float64(elapsed.Microseconds()) / 1000
 	in.p.audit.write(rec)
-	in.p.metrics.requests.WithLabelValues(principal, self, strconv.Itoa(status), rec.Decision).Inc()
-	in.p.metrics.duration.WithLabelValues("inbound", in.l.Name).Observe(elapsed.Seconds())
+	in.p.metrics.request(principal, self, status, rec.Decision).Inc()
+	in.duration.Observe(elapsed.Seconds())
 }
 
 func fillDecision(rec *decisionRecord, d policy.Decision) {
@@ -328,8 +411,8 @@ func (in *inbound) rewrite(pr *httputil.ProxyRequest, backend *url.URL) {
 	pr.Out.Host = pr.In.Host
 	pr.SetXForwarded()
 	stripIdentityHeaders(pr.Out.Header, in.p.set.StripHeaders)
-	if xfcc, ok := pr.In.Context().Value(xfccKey).(string); ok {
-		pr.Out.Header.Set("X-Forwarded-Client-Cert", xfcc)
+	if ci := connInfoOf(pr.In); ci.principal != "" {
+		pr.Out.Header["X-Forwarded-Client-Cert"] = []string{ci.xfccFor(in.p.id.ID().String())}
 	}
 }
 
@@ -385,16 +468,16 @@ func (in *inbound) serveTCP(ctx context.Context, conn net.Conn) {
 	}
 	d := p.engine.Set().Explain(ctx, &pin)
 	rec := &decisionRecord{
-		RequestID: uuid.NewString(), Direction: "inbound", Listener: in.l.Name, Protocol: ProtocolTCP,
+		RequestID: newRequestID(), Direction: "inbound", Listener: in.l.Name, Protocol: ProtocolTCP,
 		SourcePrincipal: principal, SourceIP: pin.Source.IP.String(), Destination: self, DestinationPort: in.l.Port,
 		MTLS: cs != nil, Authenticated: principal != "",
 	}
 	fillDecision(rec, d)
-	code := "0"
+	code := 0
 	if !d.Allow {
-		code = "403"
+		code = http.StatusForbidden
 	}
-	p.metrics.requests.WithLabelValues(principal, self, code, rec.Decision).Inc()
+	p.metrics.request(principal, self, code, rec.Decision).Inc()
 	if !d.Allow {
 		rec.LatencyMS = float64(time.Since(start).Microseconds()) / 1000
 		p.audit.write(rec)
@@ -407,12 +490,12 @@ func (in *inbound) serveTCP(ctx context.Context, conn net.Conn) {
 	rec.LatencyMS = float64(time.Since(start).Microseconds()) / 1000
 	p.audit.write(rec)
 	if err != nil {
-		p.metrics.upstreamErrors.WithLabelValues(in.l.Name).Inc()
+		in.upstreamErrors.Inc()
 		p.log.Warn("application unreachable", "listener", in.l.Name, "forward", in.l.Forward, "err", err)
 		return
 	}
 	pipe(conn, app)
-	p.metrics.duration.WithLabelValues("inbound", in.l.Name).Observe(time.Since(start).Seconds())
+	in.duration.Observe(time.Since(start).Seconds())
 }
 
 // shutdown stops accepting, lets in-flight requests and connections finish

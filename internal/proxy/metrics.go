@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -16,6 +18,28 @@ type metrics struct {
 	connections     *prometheus.GaugeVec     // direction, listener
 	policyReloads   *prometheus.CounterVec   // result
 	upstreamErrors  *prometheus.CounterVec   // listener
+
+	requestCounters sync.Map // requestLabels → prometheus.Counter
+}
+
+// requestLabels are trustmesh_requests_total's labels.
+type requestLabels struct {
+	source, destination string
+	code                int
+	decision            string
+}
+
+// request is trustmesh_requests_total's child for these labels, looked up
+// in the vector once per distinct label set: a request's cost is a map
+// lookup, not the vector's label hashing and validation.
+func (m *metrics) request(source, destination string, code int, decision string) prometheus.Counter {
+	k := requestLabels{source, destination, code, decision}
+	if c, ok := m.requestCounters.Load(k); ok {
+		return c.(prometheus.Counter)
+	}
+	c := m.requests.WithLabelValues(source, destination, strconv.Itoa(code), decision)
+	m.requestCounters.Store(k, c)
+	return c
 }
 
 func newMetrics(svidExpiry func() time.Time, auditFailures func() uint64) *metrics {

@@ -11,7 +11,7 @@ import (
 	"net/url"
 	"time"
 
-	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // outbound is a local plaintext listener for the application: the proxy
@@ -28,11 +28,16 @@ type outbound struct {
 
 	tlsConf *tls.Config
 	tcp     tcpConns
+
+	duration       prometheus.Observer // this listener's request_duration_seconds
+	upstreamErrors prometheus.Counter
 }
 
 func (p *Proxy) newOutbound(l Listener, ln net.Listener) *outbound {
 	host, _, _ := net.SplitHostPort(l.Upstream)
 	o := &outbound{p: p, l: l, ln: ln}
+	o.duration = p.metrics.duration.WithLabelValues("outbound", l.Name)
+	o.upstreamErrors = p.metrics.upstreamErrors.WithLabelValues(l.Name)
 	o.tlsConf = p.id.clientTLS(l.SPIFFEIDs, host)
 	if l.Protocol != ProtocolHTTP {
 		return o
@@ -52,8 +57,8 @@ func (p *Proxy) newOutbound(l Listener, ln net.Listener) *outbound {
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(upstream)
 			pr.Out.Host = pr.In.Host
-			if !validRequestID(pr.Out.Header.Get("X-Request-Id")) {
-				pr.Out.Header.Set("X-Request-Id", uuid.NewString())
+			if v := pr.Out.Header["X-Request-Id"]; len(v) == 0 || !validRequestID(v[0]) {
+				pr.Out.Header["X-Request-Id"] = []string{newRequestID()}
 			}
 		},
 		Transport:  o.tr,
@@ -71,7 +76,7 @@ func (p *Proxy) newOutbound(l Listener, ln net.Listener) *outbound {
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			start := time.Now()
 			rp.ServeHTTP(w, r)
-			p.metrics.duration.WithLabelValues("outbound", l.Name).Observe(time.Since(start).Seconds())
+			o.duration.Observe(time.Since(start).Seconds())
 		}),
 		ReadHeaderTimeout: p.set.HeaderReadTimeout,
 		IdleTimeout:       p.set.IdleTimeout,
@@ -83,7 +88,7 @@ func (p *Proxy) newOutbound(l Listener, ln net.Listener) *outbound {
 }
 
 func (o *outbound) upstreamFailed(err error) {
-	o.p.metrics.upstreamErrors.WithLabelValues(o.l.Name).Inc()
+	o.upstreamErrors.Inc()
 	var pe *peerError
 	if errors.As(err, &pe) {
 		o.p.metrics.handshakeErrors.WithLabelValues("upstream_" + pe.reason).Inc()
@@ -125,7 +130,7 @@ func (o *outbound) serveTCP(ctx context.Context, c net.Conn) {
 	}
 	defer o.tcp.track(up)()
 	pipe(c, up)
-	o.p.metrics.duration.WithLabelValues("outbound", o.l.Name).Observe(time.Since(start).Seconds())
+	o.duration.Observe(time.Since(start).Seconds())
 }
 
 func (o *outbound) shutdown(ctx context.Context) {
