@@ -195,6 +195,7 @@ else
   "$work/trustmesh" gateway run --config "$work/gateway.yaml" >"$work/gateway.log" 2>&1 &
 fi
 pids+=($!)
+GW_PID=$!
 for _ in $(seq 1 400); do [ -s "$work/creds" ] && break; sleep 0.05; done
 [ -s "$work/creds" ] || { cat "$work/helper.log" "$work/gateway.log" >&2; exit 1; }
 COOKIE=$(sed -n 1p "$work/creds")
@@ -203,18 +204,28 @@ TOKEN=$(sed -n 2p "$work/creds")
 curl -fsS -o /dev/null -H "Cookie: _trustmesh_session=$COOKIE" "http://$GW_ADDR/" || { echo "session request failed" >&2; exit 1; }
 curl -fsS -o /dev/null -H "Authorization: Bearer $TOKEN" "http://$GW_ADDR/" || { echo "bearer request failed" >&2; exit 1; }
 
-# wrk prints Requests/sec and, with --latency, the 99% line.
+# The gateway's CPU time (user + system, clock ticks) so far.
+gw_ticks() { awk '{print $14 + $15}' "/proc/$GW_PID/stat"; }
+TICK=$(getconf CLK_TCK)
+# wrk prints Requests/sec and, with --latency, the 99% line. Also printed:
+# the gateway's CPU time per request in microseconds (0 for direct), which
+# varies less than requests/s on a shared machine.
 measure() { # name duration args...
   local name=$1 d=$2; shift 2
-  local out
+  local out t0 t1
+  t0=$(gw_ticks)
   out=$(wrk -t"$THREADS" -c"$CONNS" -d"${d}s" --latency "$@")
-  local rps p99
+  t1=$(gw_ticks)
+  local rps p99 n cpu
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  n=$(awk '/requests in/ {print $1}' <<<"$out")
+  cpu=0
+  [ "$name" = direct ] || cpu=$(awk -v a="$t0" -v b="$t1" -v n="$n" -v hz="$TICK" 'BEGIN {printf "%.1f", (b - a) / hz * 1e6 / n}')
   p99=$(awk '$1 == "99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v=v*1000}; print v}' <<<"$out")
   local errs
   errs=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out")
   [ -z "$errs" ] || echo "  $name: $errs" >&2
-  echo "$name $rps $p99"
+  echo "$name $rps $p99 $cpu"
 }
 direct=(http://$BACKEND_ADDR/)
 sess=(-H "Cookie: _trustmesh_session=$COOKIE" http://$GW_ADDR/)
@@ -254,7 +265,7 @@ fi
 echo
 echo "wrk -t$THREADS -c$CONNS, $ROUNDS rounds of ${DURATION}s, medians:"
 awk '
-{ rps[$1, ++n[$1]] = $2; p99[$1, n[$1]] = $3 }
+{ rps[$1, ++n[$1]] = $2; p99[$1, n[$1]] = $3; cpu[$1, n[$1]] = $4 }
 function median(arr, name, k,   i, j, t, v) {
   for (i = 1; i <= k; i++) v[i] = arr[name, i]
   for (i = 1; i <= k; i++) for (j = i + 1; j <= k; j++) if (v[j] + 0 < v[i] + 0) { t = v[i]; v[i] = v[j]; v[j] = t }
@@ -262,12 +273,12 @@ function median(arr, name, k,   i, j, t, v) {
 }
 END {
   dr = median(rps, "direct", n["direct"]); dp = median(p99, "direct", n["direct"])
-  printf "%-10s %12s %10s %10s %12s\n", "setup", "requests/s", "p99 ms", "x direct", "added p99"
-  printf "%-10s %12.0f %10.2f %10s %12s\n", "direct", dr, dp, "1.00", "-"
+  printf "%-10s %12s %10s %10s %12s %14s\n", "setup", "requests/s", "p99 ms", "x direct", "added p99", "gw CPU us/req"
+  printf "%-10s %12.0f %10.2f %10s %12s %14s\n", "direct", dr, dp, "1.00", "-", "-"
   split("session bearer", names, " ")
   for (i = 1; i <= 2; i++) {
-    s = names[i]; r = median(rps, s, n[s]); p = median(p99, s, n[s])
-    printf "%-10s %12.0f %10.2f %10.2f %9.2f ms\n", s, r, p, r / dr, p - dp
+    s = names[i]; r = median(rps, s, n[s]); p = median(p99, s, n[s]); c = median(cpu, s, n[s])
+    printf "%-10s %12.0f %10.2f %10.2f %9.2f ms %14.1f\n", s, r, p, r / dr, p - dp, c
   }
   printf "\nTargets: >= 0.50x direct throughput, added p99 <= 1 ms.\n"
 }' "$results"

@@ -102,6 +102,10 @@ type BearerConfig struct {
 	UserClaim   string              `yaml:"user_claim"`
 	EmailClaim  string              `yaml:"email_claim"`
 	GroupsClaim string              `yaml:"groups_claim"`
+	// AllowUnverifiedEmail lets a token's email match emails/domains rules
+	// without email_verified=true (default: it does not; an access token
+	// that carries no email_verified claim matches no email rule).
+	AllowUnverifiedEmail bool `yaml:"allow_unverified_email"`
 }
 
 // SessionConfig is where sessions live and how long.
@@ -238,6 +242,7 @@ type Provider struct {
 type BearerIssuer struct {
 	bearer.Issuer
 	UserClaim, EmailClaim, GroupsClaim string
+	AllowUnverifiedEmail               bool
 }
 
 // Route is a validated route.
@@ -560,6 +565,7 @@ func (c Config) Resolve() (Settings, error) {
 		s.Bearer = append(s.Bearer, BearerIssuer{
 			Issuer:    bearer.Issuer{Issuer: b.Issuer, Audiences: b.Audiences, JWKSURL: b.JWKSURL, Algorithms: b.Algorithms, Leeway: leeway},
 			UserClaim: orDefault(b.UserClaim, "sub"), EmailClaim: orDefault(b.EmailClaim, "email"), GroupsClaim: orDefault(b.GroupsClaim, "groups"),
+			AllowUnverifiedEmail: b.AllowUnverifiedEmail,
 		})
 	}
 

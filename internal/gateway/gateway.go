@@ -36,6 +36,7 @@ import (
 	"github.com/trustmesh/trustmesh/internal/gateway/assertion"
 	"github.com/trustmesh/trustmesh/internal/gateway/bearer"
 	"github.com/trustmesh/trustmesh/internal/gateway/session"
+	"github.com/trustmesh/trustmesh/internal/httpx"
 	"github.com/trustmesh/trustmesh/internal/policy"
 	"github.com/trustmesh/trustmesh/internal/telemetry"
 )
@@ -222,8 +223,14 @@ func hostRank(h string) int {
 	return 0
 }
 
-func (g *Gateway) allowUnverified(provider string) bool {
-	if p := g.providers[provider]; p != nil {
+// allowUnverified: the caller's email may match emails/domains rules
+// without email_verified, as its provider's (or bearer issuer's)
+// allow_unverified_email says.
+func (g *Gateway) allowUnverified(id *Identity) bool {
+	if id.Method == "bearer" {
+		return g.bearerCfg[id.Issuer].AllowUnverifiedEmail
+	}
+	if p := g.providers[id.Provider]; p != nil {
 		return p.cfg.AllowUnverifiedEmail
 	}
 	return false
@@ -631,10 +638,13 @@ var spoofable = []string{
 }
 
 // stripIdentityHeaders removes every identity header the client sent.
+// Names are compared as a backend mapping '_' to '-' would read them, so
+// X_Auth_Request_User goes too.
 func stripIdentityHeaders(h http.Header) {
 	for k := range h {
+		name := httpx.CanonicalName(k)
 		for _, s := range spoofable {
-			if strings.HasSuffix(s, "-") && strings.HasPrefix(k, s) || k == s {
+			if strings.HasSuffix(s, "-") && strings.HasPrefix(name, s) || name == s {
 				delete(h, k)
 				break
 			}
@@ -810,9 +820,17 @@ func (g *Gateway) serveProxy(w http.ResponseWriter, r *http.Request) {
 		r.Body = http.MaxBytesReader(w, r.Body, g.set.MaxBodyBytes)
 	}
 	r = r.WithContext(context.WithValue(r.Context(), identityKey{}, d.auth.id))
-	sw := &statusWriter{ResponseWriter: w}
+	// An upgrade other than WebSocket would be a tunnel past per-request
+	// checks (h2c is dropped and the request served as HTTP/1.1).
+	if err := httpx.CheckUpgrade(r.Header); err != nil {
+		d.status, d.verdict.Allow, d.verdict.Reason, d.check = http.StatusBadRequest, false, err.Error(), "upgrade"
+		g.jsonError(w, http.StatusBadRequest, "bad request")
+		g.record(d, "proxy", rt.Name, http.StatusBadRequest, start, r)
+		return
+	}
+	sw := &httpx.StatusWriter{ResponseWriter: w}
 	rt.proxy.ServeHTTP(sw, r)
-	g.record(d, "proxy", rt.Name, sw.code(), start, r)
+	g.record(d, "proxy", rt.Name, sw.Code(), start, r)
 }
 
 type identityKey struct{}
@@ -876,7 +894,7 @@ func (g *Gateway) newProxy(rt *route) (*httputil.ReverseProxy, error) {
 			}
 		},
 		Transport:  tr,
-		BufferPool: bufferPool{},
+		BufferPool: httpx.BufferPool{},
 		ErrorLog:   slog.NewLogLogger(g.log.Handler(), slog.LevelDebug),
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			g.metrics.upstreamErrors.WithLabelValues(rt.Name).Inc()
@@ -892,43 +910,6 @@ func (g *Gateway) newProxy(rt *route) (*httputil.ReverseProxy, error) {
 		},
 	}, nil
 }
-
-// statusWriter records the response code; Unwrap lets ReverseProxy reach
-// the real writer for flushes and upgrades (WebSocket).
-type statusWriter struct {
-	http.ResponseWriter
-	status int
-}
-
-func (w *statusWriter) WriteHeader(code int) {
-	if w.status == 0 && code >= 200 || code == http.StatusSwitchingProtocols {
-		w.status = code
-	}
-	w.ResponseWriter.WriteHeader(code)
-}
-
-func (w *statusWriter) Write(b []byte) (int, error) {
-	if w.status == 0 {
-		w.status = http.StatusOK
-	}
-	return w.ResponseWriter.Write(b)
-}
-
-func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
-
-func (w *statusWriter) code() int {
-	if w.status == 0 {
-		return http.StatusOK
-	}
-	return w.status
-}
-
-type bufferPool struct{}
-
-var buffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
-
-func (bufferPool) Get() []byte  { return *(buffers.Get().(*[]byte)) }
-func (bufferPool) Put(b []byte) { buffers.Put(&b) }
 
 // providerFor picks the identity provider for a login: the rd's route's,
 // an explicit ?provider=, or the only one.

@@ -146,12 +146,28 @@ func TestAllowLists(t *testing.T) {
 		{"no scope", func(c map[string]any) { c["scope"] = "read:public" }, 403},
 		{"other domain", func(c map[string]any) { c["email"] = "svc@evil.example" }, 403},
 		{"domain suffix trick", func(c map[string]any) { c["email"] = "svc@notexample.com" }, 403},
+		{"email not verified", func(c map[string]any) { c["email_verified"] = false }, 403},
+		{"no email_verified claim", func(c map[string]any) { delete(c, "email_verified") }, 403},
 	} {
 		c := h.idp.claims(now)
 		tc.mutate(c)
 		if r := h.bearerGet("/", h.idp.token(t, c), nil); r.StatusCode != tc.want {
 			t.Errorf("%s: %d, want %d", tc.name, r.StatusCode, tc.want)
 		}
+	}
+}
+
+// An issuer whose tokens carry no email_verified claim can be trusted for
+// email rules only when the config says so.
+func TestBearerAllowUnverifiedEmail(t *testing.T) {
+	h := newHarness(t, harnessOpts{mutate: func(c *Config) {
+		c.Routes[0].Allow = &AllowConfig{Emails: []string{"svc@example.com"}}
+		c.BearerTokens[0].AllowUnverifiedEmail = true
+	}})
+	c := h.idp.claims(h.clock.Now())
+	delete(c, "email_verified")
+	if r := h.bearerGet("/", h.idp.token(t, c), nil); r.StatusCode != http.StatusOK {
+		t.Fatalf("allow_unverified_email: %d", r.StatusCode)
 	}
 }
 
@@ -205,6 +221,8 @@ func TestSpoofedIdentityHeadersNeverReachUpstream(t *testing.T) {
 		"X-Auth-Request-User": "admin", "X-Auth-Request-Email": "admin@example.com", "X-Auth-Request-Groups": "admin-group",
 		"X-Auth-Request-Preferred-Username": "root", "X-Trustmesh-Jwt-Assertion": "forged", "X-Forwarded-User": "admin",
 		"X-Forwarded-Email": "admin@example.com", "X-Authenticated-User": "admin", "X-Forwarded-Access-Token": "x",
+		// Read as X-Auth-Request-* by frameworks that map '_' to '-'.
+		"X_Auth_Request_User": "admin", "X_Auth_Request_Email": "admin@example.com", "X-Trustmesh_Jwt_Assertion": "forged",
 	}
 	c := h.idp.claims(h.clock.Now())
 	c["email"] = ""
@@ -220,6 +238,11 @@ func TestSpoofedIdentityHeadersNeverReachUpstream(t *testing.T) {
 		hdr.Get("X-Forwarded-User") != "" || hdr.Get("X-Authenticated-User") != "" || hdr.Get("X-Forwarded-Email") != "" ||
 		hdr.Get("X-Forwarded-Access-Token") != "" || hdr.Get("X-Trustmesh-Jwt-Assertion") == "forged" {
 		t.Fatalf("upstream saw: %v", hdr)
+	}
+	for k := range hdr {
+		if strings.Contains(k, "_") {
+			t.Errorf("upstream saw %s: %q", k, hdr[k])
+		}
 	}
 	// Unauthenticated requests with spoofed headers never reach it at all.
 	hits := h.up.hits.Load()
@@ -376,6 +399,47 @@ func TestWebSocketUpgrade(t *testing.T) {
 	line, err := br.ReadString('\n')
 	if err != nil || line != "echo:ping\n" {
 		t.Fatalf("after the upgrade: %q %v", line, err)
+	}
+}
+
+// An upgrade other than WebSocket would make a tunnel past the per-request
+// checks: h2c is dropped and the request served as HTTP/1.1, others get 400.
+func TestUpgradeOtherThanWebSocketNotForwarded(t *testing.T) {
+	h := newHarness(t, harnessOpts{})
+	tok := h.idp.token(t, h.idp.claims(h.clock.Now()))
+	exchange := func(extra string) (*http.Response, string) {
+		conn, err := net.Dial("tcp", strings.TrimPrefix(h.url, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+		fmt.Fprintf(conn, "GET /x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n%s\r\n", tok, extra)
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp, bodyOf(resp)
+	}
+	before := h.up.hits.Load()
+	resp, body := exchange("Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n")
+	if resp.StatusCode != http.StatusOK || body != "hello from upstream" || h.up.hits.Load() != before+1 {
+		t.Fatalf("h2c upgrade: %d %q", resp.StatusCode, body)
+	}
+	if hdr := h.up.header(); hdr.Get("Upgrade") != "" || hdr.Get("Http2-Settings") != "" {
+		t.Fatalf("the h2c upgrade reached the upstream: %v", hdr)
+	}
+	for _, up := range []string{"TLS/1.2", "foo", "websocket, h2c"} {
+		resp, _ = exchange("Connection: Upgrade\r\nUpgrade: " + up + "\r\n")
+		if resp.StatusCode != http.StatusBadRequest {
+			t.Errorf("Upgrade: %s: %d", up, resp.StatusCode)
+		}
+	}
+	if h.up.hits.Load() != before+1 {
+		t.Fatal("a refused upgrade reached the upstream")
+	}
+	if a := h.lastAudit("access_decision"); a["decision"] != "deny" || a["check"] != "upgrade" || !strings.Contains(fmt.Sprint(a["reason"]), "upgrade refused") {
+		t.Fatalf("audit: %v", a)
 	}
 }
 

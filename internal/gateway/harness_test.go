@@ -131,7 +131,7 @@ func (p *idp) claims(now time.Time) map[string]any {
 	return map[string]any{
 		"iss": p.m.Issuer(), "sub": "api-client-1", "aud": []string{"my-api"},
 		"iat": now.Unix(), "nbf": now.Unix(), "exp": now.Add(10 * time.Minute).Unix(),
-		"scope": "read:sensitive", "groups": []string{"data-team"}, "email": "svc@example.com",
+		"scope": "read:sensitive", "groups": []string{"data-team"}, "email": "svc@example.com", "email_verified": true,
 	}
 }
 

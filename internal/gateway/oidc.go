@@ -262,8 +262,10 @@ func (g *Gateway) callback(w http.ResponseWriter, r *http.Request) {
 	g.clearCookie(w, r, g.csrfCookieName(), "/oauth2/")
 	setPageHeaders(w)
 	target := ls.RD
-	if u, err := url.Parse(target); err == nil && !g.coveredByCookie(u.Host) {
-		// Another host: hand the session over with a one-time code.
+	if u, err := url.Parse(target); err == nil && !g.coveredByCookie(u.Host) && g.servesHost(strings.ToLower(u.Hostname())) {
+		// Another host of ours: hand the session over with a one-time
+		// code. (A host that is only in allowed_redirect_domains gets the
+		// browser, never the session.)
 		if h, err := g.handoff(ctx, id, p.cfg.Name, u); err == nil {
 			target = h
 		} else {

@@ -354,3 +354,62 @@ func TestOpenRedirectRefused(t *testing.T) {
 		}
 	}
 }
+
+// TestHandoffOnlyToServedHosts: after login, a route's host on no cookie
+// domain gets the session through a one-time code; a host that is only an
+// allowed redirect target gets the browser, never a code.
+func TestHandoffOnlyToServedHosts(t *testing.T) {
+	h := newHarness(t, harnessOpts{mutate: func(c *Config) {
+		c.Routes = append(c.Routes, RouteConfig{Name: "app", Host: "app.example.com", Upstream: c.Routes[0].Upstream, IdentityProvider: "corp", Allow: &AllowConfig{Authenticated: true}})
+		c.AllowedRedirectDomains = []string{"partner.example.org"}
+	}})
+	// loginTo follows redirects while they stay on 127.0.0.1 (the gateway
+	// and the IdP) and returns where the callback sends the browser.
+	loginTo := func(rd string) *url.URL {
+		c := h.browser()
+		c.CheckRedirect = func(req *http.Request, _ []*http.Request) error {
+			if req.URL.Hostname() != "127.0.0.1" {
+				return http.ErrUseLastResponse
+			}
+			return nil
+		}
+		r := h.get(c, "/oauth2/start?rd="+url.QueryEscape(rd), nil)
+		loc, err := url.Parse(r.Header.Get("Location"))
+		if r.StatusCode != http.StatusFound || err != nil {
+			t.Fatalf("rd=%s: %d %q", rd, r.StatusCode, r.Header.Get("Location"))
+		}
+		return loc
+	}
+	loc := loginTo("https://partner.example.org/x")
+	if loc.String() != "https://partner.example.org/x" {
+		t.Fatalf("an allowed_redirect_domains host got %s", loc)
+	}
+	loc = loginTo("https://app.example.com/y")
+	code := loc.Query().Get("code")
+	if loc.Host != "app.example.com" || loc.Path != "/oauth2/handoff" || code == "" {
+		t.Fatalf("a route host got %s", loc)
+	}
+	// The code works once, on that host only.
+	get := func(host string) *http.Response {
+		req, _ := http.NewRequest(http.MethodGet, h.url+"/oauth2/handoff?code="+url.QueryEscape(code), nil)
+		req.Host = host
+		resp, err := noFollow(h.browser()).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp
+	}
+	if r := get("other.example.com"); r.StatusCode != http.StatusBadRequest {
+		t.Fatalf("code on another host: %d", r.StatusCode)
+	}
+	loc = loginTo("https://app.example.com/y")
+	code = loc.Query().Get("code")
+	r := get("app.example.com")
+	if r.StatusCode != http.StatusFound || r.Header.Get("Location") != "/y" || len(r.Cookies()) == 0 {
+		t.Fatalf("hand-off: %d %q %v", r.StatusCode, r.Header.Get("Location"), r.Cookies())
+	}
+	if r := get("app.example.com"); r.StatusCode != http.StatusBadRequest {
+		t.Fatalf("code used twice: %d", r.StatusCode)
+	}
+}

@@ -71,7 +71,7 @@ func (id *Identity) Principal() string { return id.Issuer + "/" + id.Subject }
 // allowCheck is a route's allow lists: ORed within a key, ANDed across.
 type allowCheck struct {
 	a                    AllowConfig
-	allowUnverifiedEmail func(provider string) bool
+	allowUnverifiedEmail func(*Identity) bool
 }
 
 func (allowCheck) Name() string { return "allow" }
@@ -85,7 +85,7 @@ func (c allowCheck) Check(_ context.Context, rq *Request) Verdict {
 	if len(c.a.Groups) > 0 && !anyIn(id.Groups, c.a.Groups) {
 		return deny("none of the caller's groups " + quoteList(id.Groups) + " is in groups " + quoteList(c.a.Groups))
 	}
-	emailOK := id.Email != "" && (id.EmailVerified || id.Method == "bearer" || c.allowUnverifiedEmail(id.Provider))
+	emailOK := id.Email != "" && (id.EmailVerified || c.allowUnverifiedEmail(id))
 	if len(c.a.Emails) > 0 {
 		if !emailOK || !slices.ContainsFunc(c.a.Emails, func(e string) bool { return strings.EqualFold(e, id.Email) }) {
 			return deny("email " + quote(id.Email) + verifiedNote(id, emailOK) + " is not in emails")

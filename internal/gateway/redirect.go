@@ -59,6 +59,29 @@ func fragment(u *url.URL) string {
 }
 
 func (g *Gateway) redirectHostAllowed(host string) bool {
+	if g.servesHost(host) {
+		return true
+	}
+	if host == "" {
+		return false
+	}
+	for _, d := range g.set.AllowedRedirectDomains {
+		if strings.HasPrefix(d, ".") {
+			if strings.HasSuffix(host, d) && len(host) > len(d) {
+				return true
+			}
+		} else if host == d {
+			return true
+		}
+	}
+	return false
+}
+
+// servesHost: host (lowercase, no port) is the gateway's own or a route's,
+// so requests for it reach this gateway. Only such hosts may receive a
+// session hand-off; allowed_redirect_domains are places to send the
+// browser, not parties to trust with a session.
+func (g *Gateway) servesHost(host string) bool {
 	if host == "" {
 		return false
 	}
@@ -67,15 +90,6 @@ func (g *Gateway) redirectHostAllowed(host string) bool {
 	}
 	for _, r := range g.set.Routes {
 		if r.Host != "" && hostMatches(r.Host, host) {
-			return true
-		}
-	}
-	for _, d := range g.set.AllowedRedirectDomains {
-		if strings.HasPrefix(d, ".") {
-			if strings.HasSuffix(host, d) && len(host) > len(d) {
-				return true
-			}
-		} else if host == d {
 			return true
 		}
 	}

@@ -8,7 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
+
+	"github.com/trustmesh/trustmesh/internal/jsonenc"
 )
 
 // decisionRecord is one audit line: every decision, allowed or denied, with
@@ -198,53 +199,53 @@ func appendRecord(b []byte, r *decisionRecord, now time.Time) (_ []byte, ok bool
 	}
 	b = append(b, `{"timestamp":`...)
 	if r.Timestamp != "" {
-		b = appendJSONString(b, r.Timestamp)
+		b = jsonenc.AppendString(b, r.Timestamp)
 	} else {
 		b = append(b, '"')
 		b = now.UTC().AppendFormat(b, time.RFC3339Nano) // no character to escape
 		b = append(b, '"')
 	}
 	b = append(b, `,"event":`...)
-	b = appendJSONString(b, r.Event)
+	b = jsonenc.AppendString(b, r.Event)
 	if r.RequestID != "" {
 		b = append(b, `,"request_id":`...)
-		b = appendJSONString(b, r.RequestID)
+		b = jsonenc.AppendString(b, r.RequestID)
 	}
 	b = append(b, `,"direction":`...)
-	b = appendJSONString(b, r.Direction)
+	b = jsonenc.AppendString(b, r.Direction)
 	b = append(b, `,"listener":`...)
-	b = appendJSONString(b, r.Listener)
+	b = jsonenc.AppendString(b, r.Listener)
 	b = append(b, `,"protocol":`...)
-	b = appendJSONString(b, r.Protocol)
+	b = jsonenc.AppendString(b, r.Protocol)
 	b = append(b, `,"source_principal":`...)
-	b = appendJSONString(b, r.SourcePrincipal)
+	b = jsonenc.AppendString(b, r.SourcePrincipal)
 	b = append(b, `,"source_ip":`...)
-	b = appendJSONString(b, r.SourceIP)
+	b = jsonenc.AppendString(b, r.SourceIP)
 	b = append(b, `,"destination":`...)
-	b = appendJSONString(b, r.Destination)
+	b = jsonenc.AppendString(b, r.Destination)
 	b = append(b, `,"destination_port":`...)
 	b = strconv.AppendUint(b, uint64(r.DestinationPort), 10)
 	if r.Method != "" {
 		b = append(b, `,"method":`...)
-		b = appendJSONString(b, r.Method)
+		b = jsonenc.AppendString(b, r.Method)
 	}
 	if r.Path != "" {
 		b = append(b, `,"path":`...)
-		b = appendJSONString(b, r.Path)
+		b = jsonenc.AppendString(b, r.Path)
 	}
 	if r.Host != "" {
 		b = append(b, `,"host":`...)
-		b = appendJSONString(b, r.Host)
+		b = jsonenc.AppendString(b, r.Host)
 	}
 	b = append(b, `,"decision":`...)
-	b = appendJSONString(b, r.Decision)
+	b = jsonenc.AppendString(b, r.Decision)
 	if r.Action != "" {
 		b = append(b, `,"action":`...)
-		b = appendJSONString(b, r.Action)
+		b = jsonenc.AppendString(b, r.Action)
 	}
 	b = append(b, `,"policy":`...)
 	if r.Policy != nil {
-		b = appendJSONString(b, *r.Policy)
+		b = jsonenc.AppendString(b, *r.Policy)
 	} else {
 		b = append(b, "null"...)
 	}
@@ -255,7 +256,7 @@ func appendRecord(b []byte, r *decisionRecord, now time.Time) (_ []byte, ok bool
 		b = append(b, "null"...)
 	}
 	b = append(b, `,"reason":`...)
-	b = appendJSONString(b, r.Reason)
+	b = jsonenc.AppendString(b, r.Reason)
 	b = append(b, `,"mtls":`...)
 	b = strconv.AppendBool(b, r.MTLS)
 	b = append(b, `,"authenticated":`...)
@@ -265,106 +266,14 @@ func appendRecord(b []byte, r *decisionRecord, now time.Time) (_ []byte, ok bool
 		b = strconv.AppendInt(b, int64(r.Status), 10)
 	}
 	b = append(b, `,"latency_ms":`...)
-	b = appendJSONFloat(b, r.LatencyMS)
+	b = jsonenc.AppendFloat(b, r.LatencyMS)
 	if len(r.DryRun) > 0 {
 		b = append(b, `,"dry_run":`...)
-		b = appendJSONStrings(b, r.DryRun)
+		b = jsonenc.AppendStrings(b, r.DryRun)
 	}
 	if len(r.Audit) > 0 {
 		b = append(b, `,"audit":`...)
-		b = appendJSONStrings(b, r.Audit)
+		b = jsonenc.AppendStrings(b, r.Audit)
 	}
 	return append(b, '}'), true
-}
-
-func appendJSONStrings(b []byte, ss []string) []byte {
-	b = append(b, '[')
-	for i, s := range ss {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = appendJSONString(b, s)
-	}
-	return append(b, ']')
-}
-
-// appendJSONFloat formats f as encoding/json does a float64.
-func appendJSONFloat(b []byte, f float64) []byte {
-	format := byte('f')
-	if abs := math.Abs(f); abs != 0 && (abs < 1e-6 || abs >= 1e21) {
-		format = 'e'
-	}
-	b = strconv.AppendFloat(b, f, format, -1, 64)
-	if format == 'e' { // e-09 → e-9
-		if n := len(b); n >= 4 && b[n-4] == 'e' && b[n-3] == '-' && b[n-2] == '0' {
-			b[n-2] = b[n-1]
-			b = b[:n-1]
-		}
-	}
-	return b
-}
-
-const hexDigits = "0123456789abcdef"
-
-// jsonSafe: ASCII bytes encoding/json (escaping HTML) copies unchanged.
-var jsonSafe = func() (t [utf8.RuneSelf]bool) {
-	for c := 0x20; c < utf8.RuneSelf; c++ {
-		t[c] = c != '"' && c != '\\' && c != '<' && c != '>' && c != '&'
-	}
-	return t
-}()
-
-// appendJSONString quotes s as encoding/json does: \" \\ \b \f \n \r \t,
-// \u00XX for other control bytes and < > &, \ufffd for invalid UTF-8,
-// \u2028 and \u2029 escaped.
-func appendJSONString(b []byte, s string) []byte {
-	b = append(b, '"')
-	start := 0
-	for i := 0; i < len(s); {
-		c := s[i]
-		if c < utf8.RuneSelf {
-			if jsonSafe[c] {
-				i++
-				continue
-			}
-			b = append(b, s[start:i]...)
-			switch c {
-			case '\\', '"':
-				b = append(b, '\\', c)
-			case '\b':
-				b = append(b, '\\', 'b')
-			case '\f':
-				b = append(b, '\\', 'f')
-			case '\n':
-				b = append(b, '\\', 'n')
-			case '\r':
-				b = append(b, '\\', 'r')
-			case '\t':
-				b = append(b, '\\', 't')
-			default:
-				b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xF])
-			}
-			i++
-			start = i
-			continue
-		}
-		r, size := utf8.DecodeRuneInString(s[i:])
-		if r == utf8.RuneError && size == 1 {
-			b = append(b, s[start:i]...)
-			b = append(b, `\ufffd`...)
-			i += size
-			start = i
-			continue
-		}
-		if r == '\u2028' || r == '\u2029' {
-			b = append(b, s[start:i]...)
-			b = append(b, '\\', 'u', '2', '0', '2', hexDigits[r&0xF])
-			i += size
-			start = i
-			continue
-		}
-		i += size
-	}
-	b = append(b, s[start:]...)
-	return append(b, '"')
 }

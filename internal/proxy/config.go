@@ -14,6 +14,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/trustmesh/trustmesh/internal/configfile"
+	"github.com/trustmesh/trustmesh/internal/httpx"
 	"github.com/trustmesh/trustmesh/internal/policy"
 )
 
@@ -280,7 +281,7 @@ func (c Config) Resolve() (Settings, error) {
 			add("strip_headers %q: not a header name", h)
 			continue
 		}
-		s.StripHeaders = append(s.StripHeaders, http.CanonicalHeaderKey(h))
+		s.StripHeaders = append(s.StripHeaders, httpx.CanonicalName(http.CanonicalHeaderKey(h)))
 	}
 
 	// Listeners.

@@ -13,14 +13,15 @@ import (
 	"net/http/httputil"
 	"net/netip"
 	"net/url"
+	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
+	"github.com/trustmesh/trustmesh/internal/httpx"
 	"github.com/trustmesh/trustmesh/internal/policy"
 )
 
@@ -90,7 +91,7 @@ func (p *Proxy) newInbound(l Listener, ln net.Listener) *inbound {
 		in.rp = &httputil.ReverseProxy{
 			Rewrite:    func(pr *httputil.ProxyRequest) { in.rewrite(pr, backend) },
 			Transport:  tr,
-			BufferPool: bufferPool{},
+			BufferPool: httpx.BufferPool{},
 			ErrorLog:   slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
 			ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 				in.upstreamErrors.Inc()
@@ -332,10 +333,16 @@ func (in *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		Method: r.Method, Path: r.RequestURI, Host: r.Host, MTLS: ci.mtls, Authenticated: principal != "",
 	}
 	fillDecision(&rec, d)
-	if !d.Allow {
+	// An upgrade other than WebSocket would be a tunnel past per-request
+	// authorization (h2c is dropped and the request served as HTTP/1.1).
+	upgradeErr := httpx.CheckUpgrade(r.Header)
+	if d.Allow && upgradeErr != nil {
+		rec.Decision, rec.Reason = "deny", upgradeErr.Error()
+	}
+	if !d.Allow || upgradeErr != nil {
 		status := http.StatusForbidden
 		body := "RBAC: access denied"
-		if d.Err != nil && policy.IsPathError(d.Err) {
+		if d.Err != nil && policy.IsPathError(d.Err) || upgradeErr != nil {
 			status, body = http.StatusBadRequest, "Bad Request"
 		}
 		w.Header().Set("Content-Type", "text/plain")
@@ -353,9 +360,9 @@ func (in *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			r.URL.Path, r.URL.RawPath = unescaped, np
 		}
 	}
-	sw := &statusWriter{ResponseWriter: w}
+	sw := &httpx.StatusWriter{ResponseWriter: w}
 	in.rp.ServeHTTP(sw, r)
-	in.finish(&rec, sw.code(), start, principal, self)
+	in.finish(&rec, sw.Code(), start, principal, self)
 }
 
 // ensureRequestID keeps a valid X-Request-Id and replaces anything else
@@ -418,14 +425,13 @@ func (in *inbound) rewrite(pr *httputil.ProxyRequest, backend *url.URL) {
 
 // stripIdentityHeaders removes X-Trustmesh-* and the configured headers
 // (which always include X-Forwarded-Client-Cert).
+// Names are compared as a backend mapping '_' to '-' would read them, so
+// X_Forwarded_Client_Cert goes too.
 func stripIdentityHeaders(h http.Header, strip []string) {
 	for k := range h {
-		if strings.HasPrefix(k, "X-Trustmesh-") {
+		if name := httpx.CanonicalName(k); strings.HasPrefix(name, "X-Trustmesh-") || slices.Contains(strip, name) {
 			delete(h, k)
 		}
-	}
-	for _, k := range strip {
-		delete(h, k)
 	}
 }
 
@@ -508,42 +514,3 @@ func (in *inbound) shutdown(ctx context.Context) {
 	}
 	in.tcp.drain(ctx)
 }
-
-// statusWriter records the response code. Unwrap lets
-// http.ResponseController (used by ReverseProxy for flushing and protocol
-// upgrades) reach the real writer.
-type statusWriter struct {
-	http.ResponseWriter
-	status int
-}
-
-func (w *statusWriter) WriteHeader(code int) {
-	if w.status == 0 {
-		w.status = code
-	}
-	w.ResponseWriter.WriteHeader(code)
-}
-
-func (w *statusWriter) Write(b []byte) (int, error) {
-	if w.status == 0 {
-		w.status = http.StatusOK
-	}
-	return w.ResponseWriter.Write(b)
-}
-
-func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
-
-func (w *statusWriter) code() int {
-	if w.status == 0 {
-		return http.StatusOK
-	}
-	return w.status
-}
-
-// bufferPool recycles ReverseProxy's copy buffers.
-type bufferPool struct{}
-
-var buffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
-
-func (bufferPool) Get() []byte  { return *(buffers.Get().(*[]byte)) }
-func (bufferPool) Put(b []byte) { buffers.Put(&b) }

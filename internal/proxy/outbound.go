@@ -12,19 +12,22 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/trustmesh/trustmesh/internal/httpx"
 )
 
 // outbound is a local plaintext listener for the application: the proxy
 // originates mTLS with its SVID to the upstream proxy and accepts only the
 // upstream SPIFFE IDs configured. HTTP connections to each upstream are
-// pooled (keep-alive, HTTP/2).
+// pooled: HTTP/1.1 keep-alive for HTTP/1.x requests, HTTP/2 for HTTP/2.
 type outbound struct {
 	p  *Proxy
 	l  Listener
 	ln net.Listener
 
 	srv *http.Server
-	tr  *http.Transport
+	tr1 *http.Transport // HTTP/1.1 to the upstream, for HTTP/1.x requests
+	tr2 *http.Transport // HTTP/2, for HTTP/2 requests
 
 	tlsConf *tls.Config
 	tcp     tcpConns
@@ -42,40 +45,59 @@ func (p *Proxy) newOutbound(l Listener, ln net.Listener) *outbound {
 	if l.Protocol != ProtocolHTTP {
 		return o
 	}
-	o.tr = &http.Transport{
-		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		TLSClientConfig:     o.tlsConf,
-		TLSHandshakeTimeout: p.set.HandshakeTimeout,
-		ForceAttemptHTTP2:   true,
-		MaxIdleConns:        1024,
-		MaxIdleConnsPerHost: 1024,
-		IdleConnTimeout:     90 * time.Second,
-		DisableCompression:  true,
+	// HTTP/1.x requests go to the upstream over pooled HTTP/1.1
+	// connections (keep-alive, one request at a time each, as the
+	// application sent them); requests that arrive as HTTP/2 (gRPC) over
+	// pooled HTTP/2 connections. One multiplexed HTTP/2 connection for
+	// everything costs more per request in Go's HTTP/2 (a goroutine per
+	// stream on each side, HPACK, a write per frame): see docs/proxy.md.
+	newTransport := func(protocols *http.Protocols) *http.Transport {
+		return &http.Transport{
+			DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+			TLSClientConfig:     o.tlsConf,
+			TLSHandshakeTimeout: p.set.HandshakeTimeout,
+			Protocols:           protocols,
+			MaxIdleConns:        1024,
+			MaxIdleConnsPerHost: 1024,
+			IdleConnTimeout:     90 * time.Second,
+			DisableCompression:  true,
+		}
 	}
+	h1, h2 := new(http.Protocols), new(http.Protocols)
+	h1.SetHTTP1(true)
+	h2.SetHTTP2(true)
+	o.tr1, o.tr2 = newTransport(h1), newTransport(h2)
 	upstream := &url.URL{Scheme: "https", Host: l.Upstream}
-	rp := &httputil.ReverseProxy{
-		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.SetURL(upstream)
-			pr.Out.Host = pr.In.Host
-			if v := pr.Out.Header["X-Request-Id"]; len(v) == 0 || !validRequestID(v[0]) {
-				pr.Out.Header["X-Request-Id"] = []string{newRequestID()}
-			}
-		},
-		Transport:  o.tr,
-		BufferPool: bufferPool{},
-		ErrorLog:   slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
-		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			o.upstreamFailed(err)
-			http.Error(w, "upstream unavailable", http.StatusBadGateway)
-		},
+	newReverseProxy := func(tr http.RoundTripper) *httputil.ReverseProxy {
+		return &httputil.ReverseProxy{
+			Rewrite: func(pr *httputil.ProxyRequest) {
+				pr.SetURL(upstream)
+				pr.Out.Host = pr.In.Host
+				if v := pr.Out.Header["X-Request-Id"]; len(v) == 0 || !validRequestID(v[0]) {
+					pr.Out.Header["X-Request-Id"] = []string{newRequestID()}
+				}
+			},
+			Transport:  tr,
+			BufferPool: httpx.BufferPool{},
+			ErrorLog:   slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
+			ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+				o.upstreamFailed(err)
+				http.Error(w, "upstream unavailable", http.StatusBadGateway)
+			},
+		}
 	}
+	rp1, rp2 := newReverseProxy(o.tr1), newReverseProxy(o.tr2)
 	protocols := new(http.Protocols)
 	protocols.SetHTTP1(true)
 	protocols.SetUnencryptedHTTP2(true) // gRPC clients speak h2c to the local listener
 	o.srv = &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			start := time.Now()
-			rp.ServeHTTP(w, r)
+			if r.ProtoMajor == 2 {
+				rp2.ServeHTTP(w, r)
+			} else {
+				rp1.ServeHTTP(w, r)
+			}
 			o.duration.Observe(time.Since(start).Seconds())
 		}),
 		ReadHeaderTimeout: p.set.HeaderReadTimeout,
@@ -136,7 +158,8 @@ func (o *outbound) serveTCP(ctx context.Context, c net.Conn) {
 func (o *outbound) shutdown(ctx context.Context) {
 	if o.srv != nil {
 		_ = o.srv.Shutdown(ctx)
-		o.tr.CloseIdleConnections()
+		o.tr1.CloseIdleConnections()
+		o.tr2.CloseIdleConnections()
 		return
 	}
 	o.ln.Close()

@@ -559,3 +559,80 @@ func TestMetricsEndpoint(t *testing.T) {
 		}
 	}
 }
+
+// exchange sends one raw HTTP/1.1 request straight to the API's inbound
+// listener with the frontend's SVID and reads the response.
+func exchange(t *testing.T, m *mesh, request string) (*http.Response, string) {
+	t.Helper()
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", m.api.Addr("http").String(), m.svidTLS(t, idFrontend))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, request); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp, string(body)
+}
+
+// Identity headers spelled with underscores (which CGI, WSGI, Rack and
+// many frameworks read as the dashed name) are stripped too.
+func TestUnderscoreIdentityHeadersStripped(t *testing.T) {
+	m := newMesh(t, meshOpts{})
+	resp, body := exchange(t, m, "GET /api/x HTTP/1.1\r\nHost: api\r\n"+
+		"X_Forwarded_Client_Cert: By=spiffe://evil;URI=spiffe://example.org/ns/default/sa/admin\r\n"+
+		"x_trustmesh_user: admin\r\nX-Trustmesh_Role: admin\r\nX_Other: kept\r\n\r\n")
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("status %d: %s", resp.StatusCode, body)
+	}
+	var got echoReply
+	if err := json.Unmarshal([]byte(body), &got); err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range got.Headers {
+		name := strings.ToLower(strings.ReplaceAll(k, "_", "-"))
+		if strings.HasPrefix(name, "x-trustmesh-") || name == "x-forwarded-client-cert" && (len(v) != 1 || strings.Contains(v[0], "evil")) {
+			t.Errorf("spoofed %s: %q reached the application", k, v)
+		}
+	}
+	if got.Headers.Get("X_other") != "kept" {
+		t.Errorf("an unrelated underscore header was dropped: %v", got.Headers)
+	}
+}
+
+// An upgrade other than WebSocket would turn the connection into a tunnel
+// past per-request authorization: h2c is dropped (served as HTTP/1.1),
+// anything else refused.
+func TestUpgradeOtherThanWebSocketNotForwarded(t *testing.T) {
+	m := newMesh(t, meshOpts{})
+	resp, body := exchange(t, m, "GET /api/x HTTP/1.1\r\nHost: api\r\nConnection: Upgrade, HTTP2-Settings\r\n"+
+		"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n")
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("h2c upgrade: status %d: %s", resp.StatusCode, body)
+	}
+	var got echoReply
+	if err := json.Unmarshal([]byte(body), &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.Headers.Get("Upgrade") != "" || got.Headers.Get("Http2-Settings") != "" {
+		t.Fatalf("the h2c upgrade reached the application: %v", got.Headers)
+	}
+	for _, up := range []string{"TLS/1.2", "foo", "websocket, h2c"} {
+		resp, body = exchange(t, m, "GET /api/x HTTP/1.1\r\nHost: api\r\nConnection: Upgrade\r\nUpgrade: "+up+"\r\n\r\n")
+		if resp.StatusCode != http.StatusBadRequest || body != "Bad Request" {
+			t.Errorf("Upgrade: %s: %d %q", up, resp.StatusCode, body)
+		}
+	}
+	recs := auditRecords(t, m.apiAudit)
+	last := recs[len(recs)-1]
+	if last.Decision != "deny" || last.Status != http.StatusBadRequest || !strings.Contains(last.Reason, "upgrade refused") {
+		t.Fatalf("audit %+v", last)
+	}
+}

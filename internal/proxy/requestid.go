@@ -44,3 +44,5 @@ func newRequestID() string {
 	}
 	return string(s[:])
 }
+
+const hexDigits = "0123456789abcdef"
