@@ -27,7 +27,12 @@ const (
 	DefaultShutdownTimeout   = 15 * time.Second
 	DefaultMaxHeaderBytes    = 64 << 10
 	DefaultMaxConnections    = 4096
-	DefaultSVIDWait          = 60 * time.Second
+	// firstByteTimeout: a client that connects sends its ClientHello (or
+	// request line) at once; one that stays silent this long is closed,
+	// well before handshake_timeout, so idle sockets cannot hold
+	// connection slots for long.
+	firstByteTimeout = 2 * time.Second
+	DefaultSVIDWait  = 60 * time.Second
 )
 
 // Protocols a listener speaks.
@@ -127,7 +132,7 @@ type Settings struct {
 	HandshakeTimeout  time.Duration
 	ShutdownTimeout   time.Duration
 	MaxHeaderBytes    int
-	MaxConnections    int
+	MaxConnections    int // per direction: inbound listeners together, outbound together
 	SVIDWait          time.Duration
 	// PolicyDebounce is how long policy file changes settle before a reload.
 	PolicyDebounce time.Duration

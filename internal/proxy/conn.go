@@ -135,18 +135,18 @@ type limitListener struct {
 }
 
 func (l *limitListener) Accept() (net.Conn, error) {
-	if !l.p.acquireSlot(l.ctx) {
+	if !l.p.acquireSlot(l.ctx, l.direction) {
 		return nil, net.ErrClosed
 	}
 	c, err := l.Listener.Accept()
 	if err != nil {
-		l.p.releaseSlot()
+		l.p.releaseSlot(l.direction)
 		return nil, err
 	}
-	l.p.connOpened(l.direction, l.name)
-	return &releasingConn{Conn: c, release: func() { l.p.releaseConn(l.direction, l.name) }}, nil
+	return l.p.opened(c, l.direction, l.name), nil
 }
 
+// releasingConn calls release when first closed.
 type releasingConn struct {
 	net.Conn
 	once    sync.Once
@@ -157,6 +157,14 @@ func (c *releasingConn) Close() error {
 	err := c.Conn.Close()
 	c.once.Do(c.release)
 	return err
+}
+
+// CloseWrite half-closes when the underlying connection can.
+func (c *releasingConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
 }
 
 // tcpConns tracks a listener's piped TCP connections, so shutdown can

@@ -13,6 +13,7 @@ import (
 	"net/http/httputil"
 	"net/netip"
 	"net/url"
+	"os"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -70,11 +71,6 @@ func (p *Proxy) newInbound(l Listener, ln net.Listener) *inbound {
 			ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 				return context.WithValue(ctx, connInfoKey, newConnInfo(c))
 			},
-			ConnState: func(c net.Conn, s http.ConnState) {
-				if s == http.StateClosed || s == http.StateHijacked {
-					p.releaseConn("inbound", l.Name)
-				}
-			},
 		}
 		backend := &url.URL{Scheme: "http", Host: l.Forward}
 		tr := &http.Transport{
@@ -116,12 +112,12 @@ func (in *inbound) serve(ctx context.Context) error {
 // acceptLoop accepts connections within the proxy's connection limit.
 func acceptLoop(ctx context.Context, ln net.Listener, p *Proxy, direction, name string, handle func(context.Context, net.Conn)) error {
 	for {
-		if !p.acquireSlot(ctx) {
+		if !p.acquireSlot(ctx, direction) {
 			return nil
 		}
 		c, err := ln.Accept()
 		if err != nil {
-			p.releaseSlot()
+			p.releaseSlot(direction)
 			if errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
 				return nil
 			}
@@ -132,26 +128,31 @@ func acceptLoop(ctx context.Context, ln net.Listener, p *Proxy, direction, name 
 			}
 			return err
 		}
-		p.connOpened(direction, name)
-		go handle(ctx, c)
+		go handle(ctx, p.opened(c, direction, name))
 	}
 }
 
 // handle sniffs the connection: a TLS ClientHello is handshaken; plaintext
 // is served only where PeerAuthentication allows it (PERMISSIVE, DISABLE).
+// A connection that sends nothing is closed after firstByteTimeout, so
+// idle sockets cannot hold the slots of real clients for long.
 func (in *inbound) handle(ctx context.Context, c net.Conn) {
 	handedOff := false
 	defer func() {
 		if !handedOff {
-			c.Close()
-			in.p.releaseConn("inbound", in.l.Name)
+			c.Close() // gives the slot back
 		}
 	}()
-	_ = c.SetDeadline(time.Now().Add(in.p.set.HandshakeTimeout))
+	deadline := time.Now().Add(in.p.set.HandshakeTimeout)
+	_ = c.SetDeadline(time.Now().Add(min(firstByteTimeout, in.p.set.HandshakeTimeout)))
 	first := make([]byte, 1)
 	if _, err := io.ReadFull(c, first); err != nil {
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			in.p.metrics.handshakeErrors.WithLabelValues("timeout").Inc()
+		}
 		return
 	}
+	_ = c.SetDeadline(deadline)
 	pc := &prefixConn{Conn: c, prefix: first}
 	mode := in.p.engine.Set().MTLS(in.p.namespace, in.p.set.Labels, in.l.Port)
 	var conn net.Conn
@@ -184,13 +185,12 @@ func (in *inbound) handle(ctx context.Context, c net.Conn) {
 		in.tcp.start()
 		go func() {
 			defer in.tcp.done()
-			defer in.p.releaseConn("inbound", in.l.Name)
-			in.serveTCP(ctx, conn)
+			in.serveTCP(ctx, conn) // closes conn
 		}()
 		return
 	}
 	if in.hl.deliver(conn) {
-		handedOff = true // the http.Server's ConnState releases it
+		handedOff = true // the http.Server (or a handler that hijacks it) closes it
 	}
 }
 

@@ -133,8 +133,7 @@ func (o *outbound) serve(ctx context.Context) error {
 	return acceptLoop(ctx, o.ln, o.p, "outbound", o.l.Name, func(ctx context.Context, c net.Conn) {
 		o.tcp.start()
 		defer o.tcp.done()
-		defer o.p.releaseConn("outbound", o.l.Name)
-		o.serveTCP(ctx, c)
+		o.serveTCP(ctx, c) // closes c, which gives its slot back
 	})
 }
 

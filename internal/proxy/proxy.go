@@ -41,7 +41,10 @@ type Proxy struct {
 
 	namespace string
 	tds       []spiffeid.TrustDomain
-	slots     chan struct{} // connection limit
+	// slots bound open connections per direction (limits.max_connections
+	// each), so a flood on the network-facing inbound side cannot starve
+	// the application's outbound listeners.
+	slots map[string]chan struct{}
 
 	ready     chan struct{}
 	mu        sync.Mutex
@@ -52,9 +55,12 @@ type Proxy struct {
 // New prepares a proxy; Run starts it.
 func New(set Settings, log *slog.Logger) *Proxy {
 	return &Proxy{
-		set:   set,
-		log:   log,
-		slots: make(chan struct{}, set.MaxConnections),
+		set: set,
+		log: log,
+		slots: map[string]chan struct{}{
+			"inbound":  make(chan struct{}, set.MaxConnections),
+			"outbound": make(chan struct{}, set.MaxConnections),
+		},
 		ready: make(chan struct{}),
 		addrs: map[string]net.Addr{},
 	}
@@ -83,27 +89,30 @@ func (p *Proxy) Engine() *policy.Engine { return p.engine }
 
 func (p *Proxy) trustDomains() []spiffeid.TrustDomain { return p.tds }
 
-// acquireSlot waits for room under the connection limit (before Accept,
-// so that a full proxy stops accepting rather than accept and drop).
-func (p *Proxy) acquireSlot(ctx context.Context) bool {
+// acquireSlot waits for room under direction's connection limit (before
+// Accept, so that a full proxy stops accepting rather than accept and
+// drop).
+func (p *Proxy) acquireSlot(ctx context.Context, direction string) bool {
 	select {
-	case p.slots <- struct{}{}:
+	case p.slots[direction] <- struct{}{}:
 		return true
 	case <-ctx.Done():
 		return false
 	}
 }
 
-func (p *Proxy) releaseSlot() { <-p.slots }
+func (p *Proxy) releaseSlot(direction string) { <-p.slots[direction] }
 
-// connOpened counts an accepted connection; releaseConn ends it.
-func (p *Proxy) connOpened(direction, name string) {
-	p.metrics.connections.WithLabelValues(direction, name).Inc()
-}
-
-func (p *Proxy) releaseConn(direction, name string) {
-	p.metrics.connections.WithLabelValues(direction, name).Dec()
-	p.releaseSlot()
+// opened counts an accepted connection and returns it wrapped so that
+// closing it (whoever does: the proxy, the http.Server, or a handler that
+// hijacked it for a WebSocket) gives its slot back, once.
+func (p *Proxy) opened(c net.Conn, direction, name string) net.Conn {
+	g := p.metrics.connections.WithLabelValues(direction, name)
+	g.Inc()
+	return &releasingConn{Conn: c, release: func() {
+		g.Dec()
+		p.releaseSlot(direction)
+	}}
 }
 
 // Run serves until ctx ends, then drains in-flight requests for up to the

@@ -309,6 +309,55 @@ func TestGRPCAndWebSocketThroughBothProxies(t *testing.T) {
 	if line, err := br.ReadString('\n'); err != nil || line != "ping\n" {
 		t.Fatalf("websocket echo: %q %v", line, err)
 	}
+	// The tunnel holds its connection slot (and shows as active) until it
+	// closes, though the http.Server no longer tracks it.
+	active := func() float64 {
+		return counter(t, m.api, "trustmesh_active_connections", map[string]string{"direction": "inbound", "listener": "http"})
+	}
+	if n := active(); n != 1 {
+		t.Fatalf("%v active inbound connections during the WebSocket tunnel, want 1", n)
+	}
+	c.Close()
+	waitFor(t, 10*time.Second, "the closed tunnel's connection to be released", func() bool { return active() == 0 })
+}
+
+// Sockets that connect and send nothing are closed after the first-byte
+// timeout, long before handshake_timeout, so they cannot keep real clients
+// out; and inbound connections never use up the outbound budget.
+func TestIdleSocketsDoNotHoldSlots(t *testing.T) {
+	const slots = 8
+	m := newMesh(t, meshOpts{limits: func(s *Settings) {
+		s.MaxConnections = slots
+		s.HandshakeTimeout = time.Minute
+	}})
+	var idle []net.Conn
+	for i := 0; i < slots; i++ {
+		c, err := net.Dial("tcp", m.api.Addr("http").String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		idle = append(idle, c)
+	}
+	waitFor(t, 10*time.Second, "the idle sockets to take every inbound slot", func() bool { return len(m.api.slots["inbound"]) == slots })
+	if n := len(m.api.slots["outbound"]); n != 0 {
+		t.Fatalf("inbound connections took %d outbound slots", n)
+	}
+	// A real client gets through once they are cut off (well within the
+	// minute of handshake_timeout).
+	code, body := get(t, m.frontURL("api", "/api/x"), nil)
+	if code != http.StatusOK {
+		t.Fatalf("a real client behind idle sockets: %d %s", code, body)
+	}
+	for _, c := range idle {
+		_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
+		if _, err := io.ReadAll(c); err != nil {
+			t.Fatalf("an idle socket was not closed by the proxy: %v", err)
+		}
+	}
+	if n := counter(t, m.api, "trustmesh_tls_handshake_errors_total", map[string]string{"reason": "timeout"}); n < slots {
+		t.Fatalf("%v first-byte timeouts counted, want %d", n, slots)
+	}
 }
 
 func testenvCtx(t *testing.T) context.Context {
