@@ -38,6 +38,7 @@ const (
 	DefaultMaxHeaderBytes    = 32 << 10
 	DefaultMaxBodyBytes      = 10 << 20
 	DefaultMaxTokenBytes     = 16 << 10
+	DefaultLoginsPerMinute   = 30
 )
 
 // Config is the gateway configuration as written in YAML. The keys of
@@ -174,6 +175,11 @@ type LimitsConfig struct {
 	IdleTimeout       configfile.Duration `yaml:"idle_timeout"`
 	UpstreamTimeout   configfile.Duration `yaml:"upstream_timeout"`
 	ShutdownTimeout   configfile.Duration `yaml:"shutdown_timeout"`
+	// LoginsPerMinute bounds the logins one client (an IPv4 address, an
+	// IPv6 /64) may start per minute: each is a pending ticket in the
+	// session store until it completes or login_timeout passes. -1: no
+	// limit.
+	LoginsPerMinute int `yaml:"logins_per_minute"`
 }
 
 // StringList is a YAML string or list of strings.
@@ -225,6 +231,7 @@ type Settings struct {
 	IdleConnTimeout   time.Duration
 	UpstreamTimeout   time.Duration
 	ShutdownTimeout   time.Duration
+	LoginsPerMinute   int // 0: no limit
 
 	AuditLog, MetricsAddr, LogLevel, LogFormat string
 }
@@ -445,6 +452,15 @@ func (c Config) Resolve() (Settings, error) {
 		s.MaxBodyBytes = DefaultMaxBodyBytes
 	} else if s.MaxBodyBytes < -1 {
 		add("limits.max_body_bytes %d: want a byte count, or -1 for no limit", s.MaxBodyBytes)
+	}
+	switch n := c.Limits.LoginsPerMinute; {
+	case n == 0:
+		s.LoginsPerMinute = DefaultLoginsPerMinute
+	case n == -1:
+	case n < 0:
+		add("limits.logins_per_minute %d: want a count, or -1 for no limit", n)
+	default:
+		s.LoginsPerMinute = n
 	}
 	if s.MaxTokenBytes == 0 {
 		s.MaxTokenBytes = DefaultMaxTokenBytes

@@ -64,6 +64,7 @@ type Gateway struct {
 	instance   string
 
 	store           session.Store
+	loginLimiter    *clientLimiter // logins started per client per minute
 	providers       map[string]*oidcProvider
 	verifier        *bearer.Verifier
 	bearerCfg       map[string]BearerIssuer
@@ -97,7 +98,11 @@ func New(set Settings, log *slog.Logger, opts Options) *Gateway {
 	if hc == nil {
 		hc = &http.Client{Timeout: 15 * time.Second}
 	}
-	return &Gateway{set: set, log: log, opts: opts, now: opts.Now, httpClient: hc, instance: randomString(12), ready: make(chan struct{})}
+	g := &Gateway{set: set, log: log, opts: opts, now: opts.Now, httpClient: hc, instance: randomString(12), ready: make(chan struct{})}
+	if set.LoginsPerMinute > 0 {
+		g.loginLimiter = newClientLimiter(set.LoginsPerMinute, time.Minute, maxLimitedClients, opts.Now)
+	}
+	return g
 }
 
 // Ready is closed once the gateway accepts requests.

@@ -105,6 +105,13 @@ func hashString(prefix, v string) string {
 // startLogin redirects the browser to the identity provider (code flow,
 // PKCE S256, state and nonce). rd is an already-validated absolute URL.
 func (g *Gateway) startLogin(w http.ResponseWriter, r *http.Request, p *oidcProvider, rd string) {
+	if ip := g.clientIP(r); !g.loginLimiter.allow(ip) {
+		g.log.Warn("login start refused: limits.logins_per_minute reached", "provider", p.cfg.Name, "client_ip", ip.String())
+		g.metrics.logins.WithLabelValues(p.cfg.Name, "rate_limited").Inc()
+		w.Header().Set("Retry-After", "60")
+		g.errorPage(w, http.StatusTooManyRequests, "Too many sign-in attempts", "Wait a minute, then start again from the application.")
+		return
+	}
 	d, err := p.get(r.Context())
 	if err != nil {
 		g.log.Error("cannot start login", "provider", p.cfg.Name, "err", err)

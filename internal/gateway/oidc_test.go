@@ -413,3 +413,26 @@ func TestHandoffOnlyToServedHosts(t *testing.T) {
 		t.Fatalf("code used twice: %d", r.StatusCode)
 	}
 }
+
+// TestLoginStartsLimitedPerClient: every login started is a pending ticket
+// in the store, so one client cannot start them without bound.
+func TestLoginStartsLimitedPerClient(t *testing.T) {
+	h := newHarness(t, harnessOpts{mutate: func(c *Config) { c.Limits.LoginsPerMinute = 2 }})
+	c := noFollow(h.browser())
+	for i := 0; i < 2; i++ {
+		if r := h.get(c, "/oauth2/start?rd=/x", nil); r.StatusCode != http.StatusFound {
+			t.Fatalf("login %d: %d", i, r.StatusCode)
+		}
+	}
+	r := h.get(c, "/oauth2/start?rd=/x", nil)
+	if r.StatusCode != http.StatusTooManyRequests || r.Header.Get("Retry-After") == "" {
+		t.Fatalf("third login in a minute: %d", r.StatusCode)
+	}
+	if n := counterValue(h.gw.metrics.logins.WithLabelValues("corp", "rate_limited")); n != 1 {
+		t.Fatalf("rate_limited logins counted %v", n)
+	}
+	h.advance(time.Minute)
+	if r := h.get(c, "/oauth2/start?rd=/x", nil); r.StatusCode != http.StatusFound {
+		t.Fatalf("after a minute: %d", r.StatusCode)
+	}
+}

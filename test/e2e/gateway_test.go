@@ -192,6 +192,7 @@ assertion:
 	}
 	site := strings.NewReplacer(
 		"listen 443 ssl;", "listen "+nginxAddr+" ssl;",
+		"listen 443 ssl default_server;", "listen "+nginxAddr+" ssl default_server;",
 		"/etc/nginx/certs/internal-tool.crt", certFile,
 		"/etc/nginx/certs/internal-tool.key", keyFile,
 		"http://internal-tool:8080", backend.URL,
@@ -301,6 +302,14 @@ http {
 		if resp, _ := get(noRedirect, external+"/oauth2/start?rd="+url.QueryEscape(rd), nil); resp.StatusCode != http.StatusBadRequest {
 			t.Errorf("rd=%s: %d %s", rd, resp.StatusCode, resp.Header.Get("Location"))
 		}
+	}
+	// Another Host never gets to the gateway's checks: the example's
+	// default server closes the connection.
+	req, _ := http.NewRequest(http.MethodGet, external+"/app", nil)
+	req.Host = "other-route.example.com"
+	if resp, err := noRedirect.Do(req); err == nil {
+		resp.Body.Close()
+		t.Errorf("Host: other-route.example.com got %d from nginx, want the connection closed", resp.StatusCode)
 	}
 	// The auth endpoint is internal to nginx.
 	if resp, _ := get(noRedirect, external+"/oauth2/auth", nil); resp.StatusCode != http.StatusNotFound {
