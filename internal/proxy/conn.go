@@ -123,29 +123,6 @@ func handshakeReason(err error) string {
 	return "handshake"
 }
 
-// limitListener applies the proxy's connection limit to a listener whose
-// connections are served by an http.Server directly (outbound HTTP): the
-// slot is released when the connection closes.
-type limitListener struct {
-	net.Listener
-	p         *Proxy
-	direction string
-	name      string
-	ctx       context.Context
-}
-
-func (l *limitListener) Accept() (net.Conn, error) {
-	if !l.p.acquireSlot(l.ctx, l.direction) {
-		return nil, net.ErrClosed
-	}
-	c, err := l.Listener.Accept()
-	if err != nil {
-		l.p.releaseSlot(l.direction)
-		return nil, err
-	}
-	return l.p.opened(c, l.direction, l.name), nil
-}
-
 // releasingConn calls release when first closed.
 type releasingConn struct {
 	net.Conn

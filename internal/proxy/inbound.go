@@ -16,6 +16,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -35,7 +36,9 @@ type inbound struct {
 	ln  net.Listener
 	tls *tls.Config
 
-	// HTTP.
+	// HTTP: HTTP/1.1 over TLS on fwd (h1.go), HTTP/2 and plaintext
+	// (PERMISSIVE) on srv; fwd is nil for an h2c backend.
+	fwd *h1Forwarder
 	hl  *chanListener
 	srv *http.Server
 	rp  *httputil.ReverseProxy
@@ -83,6 +86,12 @@ func (p *Proxy) newInbound(l Listener, ln net.Listener) *inbound {
 		if l.H2C {
 			tr.Protocols = new(http.Protocols)
 			tr.Protocols.SetUnencryptedHTTP2(true)
+		}
+		if !l.H2C {
+			dialer := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
+			in.fwd = &h1Forwarder{p: p, side: inboundH1{in}, dial: func(ctx context.Context) (net.Conn, error) {
+				return dialer.DialContext(ctx, "tcp", l.Forward)
+			}}
 		}
 		in.rp = &httputil.ReverseProxy{
 			Rewrite:    func(pr *httputil.ProxyRequest) { in.rewrite(pr, backend) },
@@ -187,6 +196,13 @@ func (in *inbound) handle(ctx context.Context, c net.Conn) {
 			defer in.tcp.done()
 			in.serveTCP(ctx, conn) // closes conn
 		}()
+		return
+	}
+	if tc, ok := conn.(*tls.Conn); ok && in.fwd != nil && tc.ConnectionState().NegotiatedProtocol != "h2" {
+		handedOff = true
+		br, lr, release := newH1Reader(conn)
+		defer release()
+		in.fwd.serve(ctx, conn, br, lr) // closes conn
 		return
 	}
 	if in.hl.deliver(conn) {
@@ -306,13 +322,30 @@ func (ci *connInfo) xfccFor(self string) string {
 	return v.value
 }
 
-// ServeHTTP authorizes one request and forwards it if allowed.
+// ServeHTTP authorizes one request that came over HTTP/2 or plaintext
+// and forwards it if allowed (HTTP/1.1 over TLS takes h1.go's path).
 func (in *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
+	in.p.audit.begin()
+	defer in.p.audit.end()
+	var rec decisionRecord
+	if status, body := in.authorize(r.Context(), r, connInfoOf(r), &rec); status != 0 {
+		w.Header().Set("Content-Type", "text/plain")
+		w.Header().Set("X-Content-Type-Options", "nosniff")
+		w.WriteHeader(status)
+		_, _ = io.WriteString(w, body)
+		in.finish(&rec, status, start)
+		return
+	}
+	sw := &httpx.StatusWriter{ResponseWriter: w}
+	in.rp.ServeHTTP(sw, r)
+	in.finish(&rec, sw.Code(), start)
+}
+
+// authorize decides r, filling rec: 0 when it is allowed (its path then
+// normalized for the application), else the status and body to answer.
+func (in *inbound) authorize(ctx context.Context, r *http.Request, ci *connInfo, rec *decisionRecord) (status int, body string) {
 	p := in.p
-	p.audit.begin()
-	defer p.audit.end()
-	ci := connInfoOf(r)
 	principal := ci.principal
 	reqID := ensureRequestID(r.Header)
 	self := p.id.ID().String()
@@ -323,16 +356,16 @@ func (in *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		Connection:  policy.Connection{MTLS: ci.mtls, SNI: ci.sni},
 	}
 	set := p.engine.Set()
-	d := set.Evaluate(r.Context(), &pin)
+	d := set.Evaluate(ctx, &pin)
 	if !d.Allow {
-		d = set.Explain(r.Context(), &pin) // the full reason, for the audit log
+		d = set.Explain(ctx, &pin) // the full reason, for the audit log
 	}
-	rec := decisionRecord{
+	*rec = decisionRecord{
 		RequestID: reqID, Direction: "inbound", Listener: in.l.Name, Protocol: ProtocolHTTP,
 		SourcePrincipal: principal, SourceIP: ci.srcIPText, Destination: self, DestinationPort: in.l.Port,
 		Method: r.Method, Path: r.RequestURI, Host: r.Host, MTLS: ci.mtls, Authenticated: principal != "",
 	}
-	fillDecision(&rec, d)
+	fillDecision(rec, d)
 	// An upgrade other than WebSocket would be a tunnel past per-request
 	// authorization (h2c is dropped and the request served as HTTP/1.1).
 	upgradeErr := httpx.CheckUpgrade(r.Header)
@@ -340,17 +373,10 @@ func (in *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		rec.Decision, rec.Reason = "deny", upgradeErr.Error()
 	}
 	if !d.Allow || upgradeErr != nil {
-		status := http.StatusForbidden
-		body := "RBAC: access denied"
 		if d.Err != nil && policy.IsPathError(d.Err) || upgradeErr != nil {
-			status, body = http.StatusBadRequest, "Bad Request"
+			return http.StatusBadRequest, "Bad Request"
 		}
-		w.Header().Set("Content-Type", "text/plain")
-		w.Header().Set("X-Content-Type-Options", "nosniff")
-		w.WriteHeader(status)
-		_, _ = io.WriteString(w, body)
-		in.finish(&rec, status, start, principal, self)
-		return
+		return http.StatusForbidden, "RBAC: access denied"
 	}
 	// Forward the path the policy matched, so the application sees what was
 	// authorized. The escaped form is kept (reserved characters stay
@@ -360,9 +386,7 @@ func (in *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			r.URL.Path, r.URL.RawPath = unescaped, np
 		}
 	}
-	sw := &httpx.StatusWriter{ResponseWriter: w}
-	in.rp.ServeHTTP(sw, r)
-	in.finish(&rec, sw.Code(), start, principal, self)
+	return 0, ""
 }
 
 // ensureRequestID keeps a valid X-Request-Id and replaces anything else
@@ -379,12 +403,12 @@ func ensureRequestID(h http.Header) string {
 	return id
 }
 
-func (in *inbound) finish(rec *decisionRecord, status int, start time.Time, principal, self string) {
+func (in *inbound) finish(rec *decisionRecord, status int, start time.Time) {
 	elapsed := time.Since(start)
 	rec.Status = status
 	rec.LatencyMS = float64(elapsed.Microseconds()) / 1000
 	in.p.audit.write(rec)
-	in.p.metrics.request(principal, self, status, rec.Decision).Inc()
+	in.p.metrics.request(rec.SourcePrincipal, rec.Destination, status, rec.Decision).Inc()
 	in.duration.Observe(elapsed.Seconds())
 }
 
@@ -510,7 +534,61 @@ func (in *inbound) shutdown(ctx context.Context) {
 	in.ln.Close()
 	if in.srv != nil {
 		in.hl.Close()
+		var wg sync.WaitGroup
+		if in.fwd != nil {
+			wg.Add(1)
+			go func() { defer wg.Done(); in.fwd.shutdown(ctx) }()
+		}
 		_ = in.srv.Shutdown(ctx)
+		wg.Wait()
 	}
 	in.tcp.drain(ctx)
+}
+
+// inboundH1 is the inbound side of the HTTP/1.1 path (h1.go).
+type inboundH1 struct{ in *inbound }
+
+func (s inboundH1) prepare(x *h1Exchange) (int, string) {
+	s.in.p.audit.begin()
+	r := x.req
+	if status, body := s.in.authorize(x.ctx, r, x.ci, &x.rec); status != 0 {
+		return status, body
+	}
+	s.in.forwardHeaders(r.Header, r.Host, x.ci)
+	return 0, ""
+}
+
+func (s inboundH1) finish(x *h1Exchange, status int) {
+	s.in.finish(&x.rec, status, x.start)
+	s.in.p.audit.end()
+}
+
+func (s inboundH1) upstreamFailed(err error) {
+	s.in.upstreamErrors.Inc()
+	if !errors.Is(err, context.Canceled) {
+		s.in.p.log.Warn("application unreachable", "listener", s.in.l.Name, "forward", s.in.l.Forward, "err", err)
+	}
+}
+
+// forwardHeaders is rewrite's header work for the HTTP/1.1 path, as
+// httputil.ReverseProxy with SetXForwarded does it: the client's
+// Forwarded and X-Forwarded-* replaced by ours, identity headers it sent
+// removed, X-Forwarded-Client-Cert for a verified peer.
+func (in *inbound) forwardHeaders(h http.Header, host string, ci *connInfo) {
+	for _, k := range []string{"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"} {
+		delete(h, k)
+	}
+	if ci.srcIP.IsValid() {
+		h["X-Forwarded-For"] = []string{ci.srcIPText}
+	}
+	h["X-Forwarded-Host"] = []string{host}
+	if ci.mtls {
+		h["X-Forwarded-Proto"] = []string{"https"}
+	} else {
+		h["X-Forwarded-Proto"] = []string{"http"}
+	}
+	stripIdentityHeaders(h, in.p.set.StripHeaders)
+	if ci.principal != "" {
+		h["X-Forwarded-Client-Cert"] = []string{ci.xfccFor(in.p.id.ID().String())}
+	}
 }

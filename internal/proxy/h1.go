@@ -1,0 +1,604 @@
+package proxy
+
+// The HTTP/1.1 path. A sidecar spends most of its time moving small
+// HTTP/1.1 requests between one keep-alive connection and another, and
+// net/http's server plus httputil.ReverseProxy and http.Transport cost
+// several goroutine hand-offs per request for it (the transport's read and
+// write loops, the server's background read that watches for a client
+// that goes away, per-request contexts). Here one goroutine per client
+// connection reads a request, decides it, writes it to a pooled upstream
+// connection, reads the response and writes it back — what nginx does.
+//
+// Parsing and framing are still net/http's own: http.ReadRequest and
+// http.ReadResponse parse (with the checks the server adds on top done in
+// checkRequest), Request.Write and Response.Write frame (the message is
+// re-framed, never relayed byte for byte, so a request cannot be smuggled
+// past the proxy with conflicting lengths). HTTP/2 (ALPN h2, h2c) stays on
+// net/http.
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"math"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/net/http/httpguts"
+)
+
+// h1Side is what the inbound and outbound directions do differently.
+type h1Side interface {
+	// prepare decides x.req and rewrites it for the upstream: status 0
+	// forwards it, any other status is answered here with body.
+	prepare(x *h1Exchange) (status int, body string)
+	// finish records x once its response is sent; status is what the
+	// client got.
+	finish(x *h1Exchange, status int)
+	// upstreamFailed records an upstream that could not be reached.
+	upstreamFailed(err error)
+}
+
+// h1Exchange is one request on its way through.
+type h1Exchange struct {
+	ctx   context.Context
+	req   *http.Request
+	ci    *connInfo
+	start time.Time
+	rec   decisionRecord // inbound: the audit record
+}
+
+// h1Forwarder serves the HTTP/1.1 connections of one listener.
+type h1Forwarder struct {
+	p    *Proxy
+	side h1Side
+	dial func(ctx context.Context) (net.Conn, error)
+	pool upstreamPool
+	live h1Conns
+}
+
+var (
+	clientReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4<<10) }}
+	clientWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<10) }}
+)
+
+// serve runs one client connection until it closes, fails, or the
+// listener shuts down. br holds what was already read from c (it reads
+// from c through lr, whose limit bounds the request head).
+func (f *h1Forwarder) serve(ctx context.Context, c net.Conn, br *bufio.Reader, lr *io.LimitedReader) {
+	defer c.Close()
+	if !f.live.add(c) {
+		return
+	}
+	defer f.live.remove(c)
+	bw := clientWriters.Get().(*bufio.Writer)
+	bw.Reset(c)
+	defer func() { bw.Reset(nil); clientWriters.Put(bw) }()
+	ci := newConnInfo(c)
+	set := &f.p.set
+	for {
+		// Idle between requests: the first byte of the next one may take
+		// idle_timeout; then the whole head header_read_timeout.
+		// (The deadline goes first: shutdown moves it to now for a
+		// connection it finds idle.)
+		_ = c.SetReadDeadline(time.Now().Add(set.IdleTimeout))
+		if !f.live.setIdle(c, true) {
+			return
+		}
+		lr.N = int64(set.MaxHeaderBytes) + 4096 // net/http's allowance for the request line
+		if _, err := br.Peek(1); err != nil {
+			return
+		}
+		if !f.live.setIdle(c, false) {
+			return
+		}
+		_ = c.SetReadDeadline(time.Now().Add(set.HeaderReadTimeout))
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			switch {
+			case lr.N <= 0:
+				writeErrorAndClose(bw, http.StatusRequestHeaderFieldsTooLarge)
+			case isTimeout(err), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+			default:
+				writeErrorAndClose(bw, http.StatusBadRequest)
+			}
+			return
+		}
+		lr.N = math.MaxInt64
+		_ = c.SetReadDeadline(time.Time{})
+		if status := checkRequest(req); status != 0 {
+			writeErrorAndClose(bw, status)
+			return
+		}
+		req.RemoteAddr = c.RemoteAddr().String()
+		if !f.exchange(ctx, c, br, bw, ci, req) {
+			return
+		}
+	}
+}
+
+// checkRequest applies what net/http's server checks beyond parsing: a
+// valid Host on HTTP/1.1, valid header names and values, a
+// supported version and method. 0 if the request may go on.
+func checkRequest(req *http.Request) int {
+	if req.ProtoMajor != 1 {
+		return http.StatusHTTPVersionNotSupported
+	}
+	if req.Method == http.MethodConnect {
+		return http.StatusMethodNotAllowed
+	}
+	// http.ReadRequest has moved the Host header (the first, if several)
+	// to req.Host; that one value is what the policy decides and what goes
+	// to the upstream.
+	if req.ProtoAtLeast(1, 1) && req.Host == "" || !httpguts.ValidHostHeader(req.Host) {
+		return http.StatusBadRequest
+	}
+	for k, vv := range req.Header {
+		if !httpguts.ValidHeaderFieldName(k) {
+			return http.StatusBadRequest
+		}
+		for _, v := range vv {
+			if !httpguts.ValidHeaderFieldValue(v) {
+				return http.StatusBadRequest
+			}
+		}
+	}
+	if e := req.Header["Expect"]; len(e) > 0 && !(len(e) == 1 && strings.EqualFold(e[0], "100-continue")) {
+		return http.StatusExpectationFailed
+	}
+	return 0
+}
+
+// exchange forwards one request and its response; false when the client
+// connection must close.
+func (f *h1Forwarder) exchange(ctx context.Context, c net.Conn, br *bufio.Reader, bw *bufio.Writer, ci *connInfo, req *http.Request) bool {
+	x := &h1Exchange{ctx: ctx, req: req, ci: ci, start: time.Now()}
+	keep := !req.Close && req.ProtoAtLeast(1, 1)
+	hasBody := req.Body != nil && req.Body != http.NoBody
+	if status, body := f.side.prepare(x); status != 0 {
+		keep = keep && !hasBody // an unread body would be read as the next request
+		writeLocal(bw, status, body, keep)
+		f.side.finish(x, status) // recorded before the client has the answer
+		return bw.Flush() == nil && keep
+	}
+	websocket := isUpgrade(req.Header)
+	removeHopHeaders(req.Header, websocket)
+	if _, ok := req.Header["User-Agent"]; !ok {
+		req.Header["User-Agent"] = []string{""} // Request.Write adds none
+	}
+	req.Close = false
+	if hasBody {
+		fb := &flushBeforeBlock{ReadCloser: req.Body, src: br, left: req.ContentLength}
+		// Like net/http's server (and nginx), answer Expect: 100-continue
+		// here when the body is first read, rather than wait for the
+		// upstream's 100 while the client waits for ours.
+		if _, ok := req.Header["Expect"]; ok {
+			delete(req.Header, "Expect")
+			fb.continueTo = bw
+		}
+		req.Body = fb
+	}
+	resp, up, err := f.roundTrip(ctx, req, bw)
+	if err != nil {
+		f.side.upstreamFailed(err)
+		writeLocal(bw, http.StatusBadGateway, "upstream unavailable", false)
+		f.side.finish(x, http.StatusBadGateway)
+		_ = bw.Flush()
+		return false
+	}
+	if resp.StatusCode == http.StatusSwitchingProtocols && websocket {
+		return f.tunnel(c, br, bw, x, resp, up)
+	}
+	upClose := resp.Close
+	removeHopHeaders(resp.Header, false)
+	resp.ProtoMajor, resp.ProtoMinor, resp.Proto = 1, 1, "HTTP/1.1"
+	if !req.ProtoAtLeast(1, 1) {
+		// An HTTP/1.0 client: no chunked encoding; the body ends with the
+		// connection where it has no length.
+		resp.ProtoMinor, resp.Proto = 0, "HTTP/1.0"
+		resp.TransferEncoding = nil
+		keep = keep && resp.ContentLength >= 0
+	}
+	resp.Close = !keep
+	resp.Body = &flushBeforeBlock{ReadCloser: resp.Body, src: up.br, dst: bw, left: resp.ContentLength}
+	err = resp.Write(writerOnly{bw})
+	f.side.finish(x, resp.StatusCode) // recorded before the client has the end of it
+	if err == nil {
+		err = bw.Flush()
+	}
+	if err != nil || upClose || hasBody && !bodyDone(req) {
+		up.Close()
+		return false
+	}
+	f.pool.put(up)
+	return keep
+}
+
+// roundTrip writes req to an upstream connection and reads the final
+// response, relaying interim 1xx responses (100 Continue, 103) to the
+// client. A pooled connection the upstream closed while idle is retried
+// once on a new one when the request can be replayed.
+func (f *h1Forwarder) roundTrip(ctx context.Context, req *http.Request, bw *bufio.Writer) (*http.Response, *upConn, error) {
+	if fb, ok := req.Body.(*flushBeforeBlock); ok {
+		defer func() { fb.dst = nil }()
+	}
+	for attempt := 0; ; attempt++ {
+		up, reused, err := f.get(ctx)
+		if err != nil {
+			return nil, nil, err
+		}
+		if fb, ok := req.Body.(*flushBeforeBlock); ok {
+			fb.dst = up.bw // flush what we have before waiting for more of the body
+		}
+		err = req.Write(writerOnly{up.bw})
+		if err == nil {
+			err = up.bw.Flush()
+		}
+		// stale: the upstream closed the connection before reading or
+		// answering any of this request (a pooled connection it had
+		// timed out), so nothing of it was processed there.
+		stale := err != nil && staleConn(err)
+		var resp *http.Response
+		for err == nil {
+			if _, err = up.br.Peek(1); err != nil {
+				stale = resp == nil && staleConn(err)
+				break
+			}
+			resp, err = http.ReadResponse(up.br, req)
+			if err != nil || resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
+				break
+			}
+			removeHopHeaders(resp.Header, false)
+			if err = resp.Write(writerOnly{bw}); err == nil {
+				err = bw.Flush()
+			}
+		}
+		if err == nil {
+			return resp, up, nil
+		}
+		up.Close()
+		if reused && attempt == 0 && stale && replayable(req) {
+			continue
+		}
+		return nil, nil, err
+	}
+}
+
+// tunnel relays a WebSocket connection after 101 Switching Protocols.
+func (f *h1Forwarder) tunnel(c net.Conn, br *bufio.Reader, bw *bufio.Writer, x *h1Exchange, resp *http.Response, up *upConn) bool {
+	defer up.Close()
+	resp.ProtoMajor, resp.ProtoMinor, resp.Proto = 1, 1, "HTTP/1.1"
+	err := resp.Write(writerOnly{bw})
+	f.side.finish(x, http.StatusSwitchingProtocols)
+	if err != nil || bw.Flush() != nil {
+		return false
+	}
+	pipe(&bufferedConn{Conn: c, r: br}, &bufferedConn{Conn: up.Conn, r: up.br})
+	return false
+}
+
+// get takes an idle upstream connection or dials one.
+func (f *h1Forwarder) get(ctx context.Context) (*upConn, bool, error) {
+	if up := f.pool.get(); up != nil {
+		return up, true, nil
+	}
+	c, err := f.dial(ctx)
+	if err != nil {
+		return nil, false, err
+	}
+	return &upConn{Conn: c, br: bufio.NewReaderSize(c, 4<<10), bw: bufio.NewWriterSize(c, 4<<10)}, false, nil
+}
+
+func (f *h1Forwarder) shutdown(ctx context.Context) {
+	f.live.shutdown(ctx)
+	f.pool.closeAll()
+}
+
+// writeLocal answers a request here (a denial, a bad gateway), unflushed.
+func writeLocal(bw *bufio.Writer, status int, body string, keep bool) {
+	bw.WriteString("HTTP/1.1 ")
+	bw.WriteString(strconv.Itoa(status))
+	bw.WriteByte(' ')
+	bw.WriteString(http.StatusText(status))
+	bw.WriteString("\r\nContent-Type: text/plain\r\nX-Content-Type-Options: nosniff\r\nDate: ")
+	bw.WriteString(time.Now().UTC().Format(http.TimeFormat))
+	bw.WriteString("\r\nContent-Length: ")
+	bw.WriteString(strconv.Itoa(len(body)))
+	if !keep {
+		bw.WriteString("\r\nConnection: close")
+	}
+	bw.WriteString("\r\n\r\n")
+	bw.WriteString(body)
+}
+
+// writeErrorAndClose is net/http's answer to a request it cannot read.
+func writeErrorAndClose(bw *bufio.Writer, status int) {
+	writeLocal(bw, status, strconv.Itoa(status)+" "+http.StatusText(status), false)
+	_ = bw.Flush()
+}
+
+// hopHeaders are the connection's, not the message's (RFC 9110 7.6.1).
+var hopHeaders = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
+
+// removeHopHeaders drops hop-by-hop headers and those Connection names;
+// for a WebSocket handshake the upgrade itself is kept.
+func removeHopHeaders(h http.Header, keepUpgrade bool) {
+	upgrade := h["Upgrade"]
+	for _, v := range h["Connection"] {
+		for _, name := range strings.Split(v, ",") {
+			if name = strings.TrimSpace(name); name != "" {
+				delete(h, http.CanonicalHeaderKey(name))
+			}
+		}
+	}
+	for _, k := range hopHeaders {
+		delete(h, k)
+	}
+	if keepUpgrade {
+		h["Connection"] = []string{"Upgrade"}
+		h["Upgrade"] = upgrade
+	}
+}
+
+// isUpgrade: a WebSocket handshake (after httpx.CheckUpgrade, the only
+// upgrade left).
+func isUpgrade(h http.Header) bool {
+	return len(h["Upgrade"]) > 0 && httpguts.HeaderValuesContainsToken(h["Connection"], "Upgrade")
+}
+
+// bodyDone: the request body was read to its end, so the connection is at
+// the next request.
+func bodyDone(req *http.Request) bool {
+	fb, ok := req.Body.(*flushBeforeBlock)
+	return ok && fb.eof
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()
+}
+
+// replayable: req may be sent again after a pooled connection failed,
+// as http.Transport decides it: no body, and a method that is
+// idempotent (or an Idempotency-Key saying so).
+func replayable(req *http.Request) bool {
+	if req.Body != nil && req.Body != http.NoBody {
+		return false
+	}
+	switch req.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
+		return true
+	}
+	_, key := req.Header["Idempotency-Key"]
+	_, xkey := req.Header["X-Idempotency-Key"]
+	return key || xkey
+}
+
+// staleConn: the upstream closed a pooled connection before answering.
+func staleConn(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
+// flushBeforeBlock flushes dst before a read of src would have to wait
+// for the network: what arrived so far goes on at once (streaming
+// responses, slow uploads), and a message that arrives whole costs one
+// write.
+type flushBeforeBlock struct {
+	io.ReadCloser
+	src        *bufio.Reader
+	dst        *bufio.Writer
+	continueTo *bufio.Writer // the client, owed a 100 Continue before the first read
+	left       int64         // bytes of the body still to come; -1 unknown
+	eof        bool
+}
+
+func (f *flushBeforeBlock) Read(p []byte) (int, error) {
+	if w := f.continueTo; w != nil {
+		f.continueTo = nil
+		if _, err := w.WriteString("HTTP/1.1 100 Continue\r\n\r\n"); err != nil {
+			return 0, err
+		}
+		if err := w.Flush(); err != nil {
+			return 0, err
+		}
+	}
+	// (A body whose length is all read ends without reading the network:
+	// no flush then, so the response goes out whole after it is recorded.)
+	if f.dst != nil && f.left != 0 && f.src.Buffered() == 0 && f.dst.Buffered() > 0 {
+		if err := f.dst.Flush(); err != nil {
+			return 0, err
+		}
+	}
+	n, err := f.ReadCloser.Read(p)
+	if f.left > 0 {
+		f.left -= int64(n)
+	}
+	if err == io.EOF {
+		f.eof = true
+	}
+	return n, err
+}
+
+// WriteTo copies through a pooled buffer (io.Copy prefers it to
+// allocating one), flushing dst before a read that would wait.
+func (f *flushBeforeBlock) WriteTo(w io.Writer) (int64, error) {
+	bp := copyBuffers.Get().(*[]byte)
+	defer copyBuffers.Put(bp)
+	var total int64
+	for {
+		n, err := f.Read(*bp)
+		if n > 0 {
+			m, werr := w.Write((*bp)[:n])
+			total += int64(m)
+			if werr != nil {
+				return total, werr
+			}
+		}
+		if err == io.EOF {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+	}
+}
+
+var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// writerOnly hides bufio.Writer's ReadFrom from Request.Write and
+// Response.Write: ReadFrom reads straight into the writer's own buffer,
+// and flushBeforeBlock flushing that same writer in the middle of such a
+// read would scramble it. Without it the copy goes through
+// flushBeforeBlock.WriteTo or io.Copy's own buffer.
+type writerOnly struct{ io.Writer }
+
+// bufferedConn reads through the bufio.Reader that may hold bytes already
+// read from the connection.
+type bufferedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c *bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+func (c *bufferedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+// upConn is a connection to the upstream with its buffers.
+type upConn struct {
+	net.Conn
+	br   *bufio.Reader
+	bw   *bufio.Writer
+	idle time.Time
+}
+
+// upstreamPool keeps idle upstream connections for reuse.
+type upstreamPool struct {
+	mu     sync.Mutex
+	idle   []*upConn
+	closed bool
+}
+
+const (
+	maxIdleUpstream     = 1024
+	upstreamIdleTimeout = 90 * time.Second
+)
+
+func (p *upstreamPool) get() *upConn {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for n := len(p.idle); n > 0; n = len(p.idle) {
+		up := p.idle[n-1]
+		p.idle = p.idle[:n-1]
+		if time.Since(up.idle) < upstreamIdleTimeout {
+			return up
+		}
+		up.Close()
+	}
+	return nil
+}
+
+func (p *upstreamPool) put(up *upConn) {
+	up.idle = time.Now()
+	p.mu.Lock()
+	if !p.closed && len(p.idle) < maxIdleUpstream {
+		p.idle = append(p.idle, up)
+		up = nil
+	}
+	p.mu.Unlock()
+	if up != nil {
+		up.Close()
+	}
+}
+
+func (p *upstreamPool) closeAll() {
+	p.mu.Lock()
+	idle := p.idle
+	p.idle, p.closed = nil, true
+	p.mu.Unlock()
+	for _, up := range idle {
+		up.Close()
+	}
+}
+
+// h1Conns tracks a listener's HTTP/1.1 client connections for graceful
+// shutdown: idle ones are closed at once, busy ones after their response.
+type h1Conns struct {
+	mu      sync.Mutex
+	conns   map[net.Conn]bool // → idle
+	closing bool
+	wg      sync.WaitGroup
+}
+
+func (t *h1Conns) add(c net.Conn) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closing {
+		return false
+	}
+	if t.conns == nil {
+		t.conns = map[net.Conn]bool{}
+	}
+	t.conns[c] = false
+	t.wg.Add(1)
+	return true
+}
+
+func (t *h1Conns) remove(c net.Conn) {
+	t.mu.Lock()
+	delete(t.conns, c)
+	t.mu.Unlock()
+	t.wg.Done()
+}
+
+// setIdle marks c idle or busy; false once shutting down (the caller
+// closes it).
+func (t *h1Conns) setIdle(c net.Conn, idle bool) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.conns[c] = idle
+	return !t.closing
+}
+
+func (t *h1Conns) shutdown(ctx context.Context) {
+	t.mu.Lock()
+	t.closing = true
+	for c, idle := range t.conns {
+		if idle {
+			_ = c.SetReadDeadline(time.Now()) // wakes its wait for a request
+		}
+	}
+	t.mu.Unlock()
+	done := make(chan struct{})
+	go func() { t.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		t.mu.Lock()
+		for c := range t.conns {
+			c.Close()
+		}
+		t.mu.Unlock()
+		<-done
+	}
+}
+
+// newH1Reader is a client connection's reader, through a limit for the
+// request head; release returns it to the pool.
+func newH1Reader(c net.Conn) (br *bufio.Reader, lr *io.LimitedReader, release func()) {
+	lr = &io.LimitedReader{R: c, N: math.MaxInt64}
+	br = clientReaders.Get().(*bufio.Reader)
+	br.Reset(lr)
+	return br, lr, func() { br.Reset(nil); clientReaders.Put(br) }
+}
