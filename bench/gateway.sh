@@ -10,7 +10,9 @@
 # A real OIDC provider (mockoidc) issues the session (the helper signs in
 # through the gateway's /oauth2/start like a browser) and the bearer token
 # is signed with its key. Targets: gateway >= 0.5x direct throughput,
-# added p99 <= 1 ms.
+# added p99 <= 1 ms. When nginx is installed, a plain nginx reverse proxy
+# (no authentication at all, keep-alive upstream, access log on) runs in
+# the same rounds as a reference: what one proxy hop costs on this machine.
 #
 # Environment: ROUNDS (3), DURATION seconds (10), WARMUP seconds (2),
 # THREADS (2), CONNS (32), BASE_PORT (18600; uses BASE_PORT..+4), KEEP=1
@@ -34,6 +36,8 @@ PPROF_ADDR=127.0.0.1:$((BASE_PORT + 4))
 IDP_ADDR=127.0.0.1:$((BASE_PORT + 1))
 BACKEND_ADDR=127.0.0.1:$((BASE_PORT + 2))
 GW_ADDR=127.0.0.1:$((BASE_PORT + 3))
+NGINX_ADDR=127.0.0.1:$((BASE_PORT + 5))
+NGINX=$(command -v nginx || { [ -x /usr/sbin/nginx ] && echo /usr/sbin/nginx; } || true)
 
 command -v wrk >/dev/null || { echo "gateway bench: wrk is required (apt-get install wrk)" >&2; exit 1; }
 work=$(mktemp -d)
@@ -220,14 +224,39 @@ measure() { # name duration args...
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   n=$(awk '/requests in/ {print $1}' <<<"$out")
   cpu=0
-  [ "$name" = direct ] || cpu=$(awk -v a="$t0" -v b="$t1" -v n="$n" -v hz="$TICK" 'BEGIN {printf "%.1f", (b - a) / hz * 1e6 / n}')
+  [ "$name" = direct ] || [ "$name" = nginx ] || cpu=$(awk -v a="$t0" -v b="$t1" -v n="$n" -v hz="$TICK" 'BEGIN {printf "%.1f", (b - a) / hz * 1e6 / n}')
   p99=$(awk '$1 == "99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v=v*1000}; print v}' <<<"$out")
   local errs
   errs=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out")
   [ -z "$errs" ] || echo "  $name: $errs" >&2
   echo "$name $rps $p99 $cpu"
 }
+if [ -n "$NGINX" ]; then
+  mkdir -p "$work/nginx"
+  cat >"$work/nginx.conf" <<NGINX
+worker_processes 2;
+daemon off;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log;
+events { worker_connections 1024; }
+http {
+  access_log $work/nginx/access.log;
+  client_body_temp_path $work/nginx/body; proxy_temp_path $work/nginx/proxy;
+  fastcgi_temp_path $work/nginx/fastcgi; uwsgi_temp_path $work/nginx/uwsgi; scgi_temp_path $work/nginx/scgi;
+  upstream backend { server $BACKEND_ADDR; keepalive 64; }
+  server {
+    listen $NGINX_ADDR;
+    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+NGINX
+  "$NGINX" -p "$work/nginx" -c "$work/nginx.conf" 2>"$work/nginx/stderr" &
+  pids+=($!)
+  for _ in $(seq 1 100); do curl -fsS -o /dev/null "http://$NGINX_ADDR/" 2>/dev/null && break; sleep 0.05; done
+  curl -fsS -o /dev/null "http://$NGINX_ADDR/" || { cat "$work/nginx/stderr" "$work/nginx/error.log" >&2; exit 1; }
+fi
 direct=(http://$BACKEND_ADDR/)
+ngx=(http://$NGINX_ADDR/)
 sess=(-H "Cookie: _trustmesh_session=$COOKIE" http://$GW_ADDR/)
 bear=(-H "Authorization: Bearer $TOKEN" http://$GW_ADDR/)
 
@@ -235,17 +264,22 @@ echo "warming up" >&2
 measure direct "$WARMUP" "${direct[@]}" >/dev/null
 measure session "$WARMUP" "${sess[@]}" >/dev/null
 measure bearer "$WARMUP" "${bear[@]}" >/dev/null
+setups=(direct session bearer)
+if [ -n "$NGINX" ]; then
+  measure nginx "$WARMUP" "${ngx[@]}" >/dev/null
+  setups+=(nginx)
+fi
 results=$work/results
 : >"$results"
 for r in $(seq 1 "$ROUNDS"); do
   echo "round $r/$ROUNDS" >&2
-  setups=(direct session bearer)
-  for i in 0 1 2; do
-    s=${setups[$(((i + r) % 3))]}
+  for i in "${!setups[@]}"; do
+    s=${setups[$(((i + r) % ${#setups[@]}))]}
     case $s in
       direct) measure direct "$DURATION" "${direct[@]}" >>"$results" ;;
       session) measure session "$DURATION" "${sess[@]}" >>"$results" ;;
       bearer) measure bearer "$DURATION" "${bear[@]}" >>"$results" ;;
+      nginx) measure nginx "$DURATION" "${ngx[@]}" >>"$results" ;;
     esac
   done
 done
@@ -279,6 +313,10 @@ END {
   for (i = 1; i <= 2; i++) {
     s = names[i]; r = median(rps, s, n[s]); p = median(p99, s, n[s]); c = median(cpu, s, n[s])
     printf "%-10s %12.0f %10.2f %10.2f %9.2f ms %14.1f\n", s, r, p, r / dr, p - dp, c
+  }
+  if (n["nginx"] > 0) {
+    r = median(rps, "nginx", n["nginx"]); p = median(p99, "nginx", n["nginx"])
+    printf "%-10s %12.0f %10.2f %10.2f %9.2f ms %14s   (reference: plain nginx reverse proxy, no auth)\n", "nginx", r, p, r / dr, p - dp, "-"
   }
   printf "\nTargets: >= 0.50x direct throughput, added p99 <= 1 ms.\n"
 }' "$results"

@@ -112,7 +112,12 @@ func (f *h1Forwarder) serve(ctx context.Context, c net.Conn, br *bufio.Reader, l
 			return
 		}
 		lr.N = math.MaxInt64
-		_ = c.SetReadDeadline(time.Time{})
+		if req.Body != http.NoBody {
+			// A body may take its time. (Without one, the head's deadline
+			// can stay: nothing reads c until the next request, which sets
+			// its own, or a WebSocket tunnel, which clears it.)
+			_ = c.SetReadDeadline(time.Time{})
+		}
 		if status := checkRequest(req); status != 0 {
 			writeErrorAndClose(bw, status)
 			return
@@ -280,6 +285,7 @@ func (f *h1Forwarder) tunnel(c net.Conn, br *bufio.Reader, bw *bufio.Writer, x *
 	if err != nil || bw.Flush() != nil {
 		return false
 	}
+	_ = c.SetReadDeadline(time.Time{})
 	pipe(&bufferedConn{Conn: c, r: br}, &bufferedConn{Conn: up.Conn, r: up.br})
 	return false
 }
