@@ -174,16 +174,24 @@ func (t *tcpConns) track(c net.Conn) (untrack func()) {
 // drain waits for every connection to end, closing all that are still
 // open when ctx ends.
 func (t *tcpConns) drain(ctx context.Context) {
-	done := make(chan struct{})
-	go func() { t.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-ctx.Done():
+	waitThenClose(ctx, &t.wg, func() {
 		t.mu.Lock()
 		for c := range t.conns {
 			c.Close()
 		}
 		t.mu.Unlock()
+	})
+}
+
+// waitThenClose waits for wg; if ctx ends first, it calls closeAll (which
+// makes the connections' goroutines finish) and waits on.
+func waitThenClose(ctx context.Context, wg *sync.WaitGroup, closeAll func()) {
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		closeAll()
 		<-done
 	}
 }

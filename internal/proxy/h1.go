@@ -586,18 +586,13 @@ func (t *h1Conns) shutdown(ctx context.Context) {
 		}
 	}
 	t.mu.Unlock()
-	done := make(chan struct{})
-	go func() { t.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-ctx.Done():
+	waitThenClose(ctx, &t.wg, func() {
 		t.mu.Lock()
 		for c := range t.conns {
 			c.Close()
 		}
 		t.mu.Unlock()
-		<-done
-	}
+	})
 }
 
 // newH1Reader is a client connection's reader, through a limit for the
