@@ -459,9 +459,10 @@ func TestH1UpstreamDown(t *testing.T) {
 
 // Shutdown closes idle connections at once and lets a busy one finish.
 func TestH1ShutdownDrains(t *testing.T) {
-	release := make(chan struct{})
+	release, arrived := make(chan struct{}), make(chan struct{})
 	up, _ := startUpstreamH1(t, func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/slow" {
+			close(arrived)
 			<-release
 		}
 		_, _ = io.WriteString(w, "done")
@@ -472,16 +473,21 @@ func TestH1ShutdownDrains(t *testing.T) {
 	readResp(t, idleBR, "GET")
 	busy, busyBR := dialH1(t, addr)
 	fmt.Fprint(busy, "GET /slow HTTP/1.1\r\nHost: api\r\n\r\n")
-	waitFor(t, 10*time.Second, "the slow request to be in flight", func() bool {
+	select {
+	case <-arrived:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the slow request did not reach the upstream")
+	}
+	waitFor(t, 10*time.Second, "one idle and one busy connection", func() bool {
 		f.live.mu.Lock()
 		defer f.live.mu.Unlock()
-		n := 0
+		idle := 0
 		for _, isIdle := range f.live.conns {
-			if !isIdle {
-				n++
+			if isIdle {
+				idle++
 			}
 		}
-		return n == 1
+		return len(f.live.conns) == 2 && idle == 1
 	})
 	done := make(chan struct{})
 	go func() {
