@@ -55,10 +55,17 @@ func (s *recordingSide) decided() []string {
 
 // startH1 serves the HTTP/1.1 path on a loopback port, forwarding to
 // upstream.
-func startH1(t *testing.T, upstream string) (string, *recordingSide, *h1Forwarder) {
+// startH1 serves a forwarder on a loopback port. tune, when given, adjusts
+// the settings before the first connection is accepted: the race detector
+// sees no ordering through a TCP connection, so settings must not change
+// after serving starts.
+func startH1(t *testing.T, upstream string, tune ...func(*Settings)) (string, *recordingSide, *h1Forwarder) {
 	t.Helper()
 	side := &recordingSide{}
 	p := &Proxy{set: Settings{IdleTimeout: time.Minute, HeaderReadTimeout: 5 * time.Second, MaxHeaderBytes: 8192, HandshakeTimeout: 5 * time.Second}}
+	for _, f := range tune {
+		f(&p.set)
+	}
 	var d net.Dialer
 	f := &h1Forwarder{p: p, side: side, dial: func(ctx context.Context) (net.Conn, error) { return d.DialContext(ctx, "tcp", upstream) }}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -521,8 +528,9 @@ func FuzzH1Forwarder(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, raw string) {
 		up, rec := startUpstreamH1(t, nil)
-		addr, side, fw := startH1(t, up.Listener.Addr().String())
-		fw.p.set.IdleTimeout, fw.p.set.HeaderReadTimeout = 500*time.Millisecond, 500*time.Millisecond
+		addr, side, _ := startH1(t, up.Listener.Addr().String(), func(s *Settings) {
+			s.IdleTimeout, s.HeaderReadTimeout = 500*time.Millisecond, 500*time.Millisecond
+		})
 		c, err := net.Dial("tcp", addr)
 		if err != nil {
 			t.Fatal(err)
