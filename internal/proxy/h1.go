@@ -20,6 +20,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"math"
 	"net"
@@ -167,14 +168,18 @@ func (f *h1Forwarder) exchange(ctx context.Context, c net.Conn, br *bufio.Reader
 	x := &h1Exchange{ctx: ctx, req: req, ci: ci, start: time.Now()}
 	keep := !req.Close && req.ProtoAtLeast(1, 1)
 	hasBody := req.Body != nil && req.Body != http.NoBody
+	// Hop-by-hop headers go before the side sees the request, as
+	// httputil.ReverseProxy removes them before its Rewrite: a client's
+	// "Connection: X-Forwarded-Client-Cert" must not take away a header the
+	// proxy sets, and the policy decides what the upstream will get.
+	removeHopHeaders(req.Header, isUpgrade(req.Header))
 	if status, body := f.side.prepare(x); status != 0 {
 		keep = keep && !hasBody // an unread body would be read as the next request
 		writeLocal(bw, status, body, keep)
 		f.side.finish(x, status) // recorded before the client has the answer
 		return bw.Flush() == nil && keep
 	}
-	websocket := isUpgrade(req.Header)
-	removeHopHeaders(req.Header, websocket)
+	websocket := isUpgrade(req.Header) // (prepare has refused or removed any other upgrade)
 	if _, ok := req.Header["User-Agent"]; !ok {
 		req.Header["User-Agent"] = []string{""} // Request.Write adds none
 	}
@@ -184,22 +189,31 @@ func (f *h1Forwarder) exchange(ctx context.Context, c net.Conn, br *bufio.Reader
 		// Like net/http's server (and nginx), answer Expect: 100-continue
 		// here when the body is first read, rather than wait for the
 		// upstream's 100 while the client waits for ours.
+		// (No 1xx to an HTTP/1.0 client: RFC 9110 section 15.2.)
 		if _, ok := req.Header["Expect"]; ok {
 			delete(req.Header, "Expect")
-			fb.continueTo = bw
+			if req.ProtoAtLeast(1, 1) {
+				fb.continueTo = bw
+			}
 		}
 		req.Body = fb
 	}
 	resp, up, err := f.roundTrip(ctx, req, bw)
+	if err == nil && resp.StatusCode == http.StatusSwitchingProtocols {
+		if websocket && isWebSocket(resp.Header) {
+			return f.tunnel(c, br, bw, x, resp, up)
+		}
+		// A switch the client did not ask for, or to another protocol:
+		// what follows on that connection is not HTTP we could frame.
+		f.pool.discard(up)
+		err = errors.New("101 Switching Protocols to " + strconv.Quote(strings.Join(resp.Header["Upgrade"], ",")) + " for a request that did not ask for it")
+	}
 	if err != nil {
 		f.side.upstreamFailed(err)
 		writeLocal(bw, http.StatusBadGateway, "upstream unavailable", false)
 		f.side.finish(x, http.StatusBadGateway)
 		_ = bw.Flush()
 		return false
-	}
-	if resp.StatusCode == http.StatusSwitchingProtocols && websocket {
-		return f.tunnel(c, br, bw, x, resp, up)
 	}
 	upClose := resp.Close
 	removeHopHeaders(resp.Header, false)
@@ -219,7 +233,7 @@ func (f *h1Forwarder) exchange(ctx context.Context, c net.Conn, br *bufio.Reader
 		err = bw.Flush()
 	}
 	if err != nil || upClose || hasBody && !bodyDone(req) {
-		up.Close()
+		f.pool.discard(up)
 		return false
 	}
 	f.pool.put(up)
@@ -251,14 +265,26 @@ func (f *h1Forwarder) roundTrip(ctx context.Context, req *http.Request, bw *bufi
 		// timed out), so nothing of it was processed there.
 		stale := err != nil && staleConn(err)
 		var resp *http.Response
-		for err == nil {
+		for interim := 0; err == nil; interim++ {
 			if _, err = up.br.Peek(1); err != nil {
 				stale = resp == nil && staleConn(err)
 				break
 			}
+			if interim > maxInterimResponses {
+				err = errors.New("too many 1xx responses")
+				break
+			}
+			up.lr.N = maxResponseHeadBytes
 			resp, err = http.ReadResponse(up.br, req)
+			if up.lr.N <= 0 && err != nil {
+				err = fmt.Errorf("response head over %d bytes", maxResponseHeadBytes)
+			}
+			up.lr.N = math.MaxInt64
 			if err != nil || resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
 				break
+			}
+			if !req.ProtoAtLeast(1, 1) {
+				continue // no 1xx to an HTTP/1.0 client
 			}
 			removeHopHeaders(resp.Header, false)
 			if err = resp.Write(writerOnly{bw}); err == nil {
@@ -268,7 +294,7 @@ func (f *h1Forwarder) roundTrip(ctx context.Context, req *http.Request, bw *bufi
 		if err == nil {
 			return resp, up, nil
 		}
-		up.Close()
+		f.pool.discard(up)
 		if reused && attempt == 0 && stale && replayable(req) {
 			continue
 		}
@@ -278,7 +304,7 @@ func (f *h1Forwarder) roundTrip(ctx context.Context, req *http.Request, bw *bufi
 
 // tunnel relays a WebSocket connection after 101 Switching Protocols.
 func (f *h1Forwarder) tunnel(c net.Conn, br *bufio.Reader, bw *bufio.Writer, x *h1Exchange, resp *http.Response, up *upConn) bool {
-	defer up.Close()
+	defer f.pool.discard(up)
 	resp.ProtoMajor, resp.ProtoMinor, resp.Proto = 1, 1, "HTTP/1.1"
 	err := resp.Write(writerOnly{bw})
 	f.side.finish(x, http.StatusSwitchingProtocols)
@@ -299,11 +325,16 @@ func (f *h1Forwarder) get(ctx context.Context) (*upConn, bool, error) {
 	if err != nil {
 		return nil, false, err
 	}
-	return &upConn{Conn: c, br: bufio.NewReaderSize(c, 4<<10), bw: bufio.NewWriterSize(c, 4<<10)}, false, nil
+	up := &upConn{Conn: c, lr: &io.LimitedReader{R: c, N: math.MaxInt64}, bw: bufio.NewWriterSize(c, 4<<10)}
+	up.br = bufio.NewReaderSize(up.lr, 4<<10)
+	f.pool.busyAdd(up)
+	return up, false, nil
 }
 
+// shutdown lets in-flight requests finish until ctx ends, then closes the
+// client connections and the upstream ones they wait on.
 func (f *h1Forwarder) shutdown(ctx context.Context) {
-	f.live.shutdown(ctx)
+	f.live.shutdown(ctx, f.pool.closeBusy)
 	f.pool.closeAll()
 }
 
@@ -333,10 +364,18 @@ func writeErrorAndClose(bw *bufio.Writer, status int) {
 // hopHeaders are the connection's, not the message's (RFC 9110 7.6.1).
 var hopHeaders = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
 
+// Bounds on what an upstream may send before its final response head.
+const (
+	maxResponseHeadBytes = 1 << 20 // as http.Transport's MaxResponseHeaderBytes default
+	maxInterimResponses  = 16      // 1xx responses relayed for one request
+)
+
 // removeHopHeaders drops hop-by-hop headers and those Connection names;
-// for a WebSocket handshake the upgrade itself is kept.
+// for an upgrade handshake the upgrade itself is kept. "Te: trailers"
+// stays, as httputil.ReverseProxy keeps it: gRPC servers require it.
 func removeHopHeaders(h http.Header, keepUpgrade bool) {
 	upgrade := h["Upgrade"]
+	trailers := httpguts.HeaderValuesContainsToken(h["Te"], "trailers")
 	for _, v := range h["Connection"] {
 		for _, name := range strings.Split(v, ",") {
 			if name = strings.TrimSpace(name); name != "" {
@@ -351,10 +390,18 @@ func removeHopHeaders(h http.Header, keepUpgrade bool) {
 		h["Connection"] = []string{"Upgrade"}
 		h["Upgrade"] = upgrade
 	}
+	if trailers {
+		h["Te"] = []string{"trailers"}
+	}
 }
 
-// isUpgrade: a WebSocket handshake (after httpx.CheckUpgrade, the only
-// upgrade left).
+// isWebSocket: a 101 response switching to WebSocket.
+func isWebSocket(h http.Header) bool {
+	return httpguts.HeaderValuesContainsToken(h["Upgrade"], "websocket") && httpguts.HeaderValuesContainsToken(h["Connection"], "Upgrade")
+}
+
+// isUpgrade: the request asks to switch protocols (once the side has run
+// httpx.CheckUpgrade, only a WebSocket handshake can).
 func isUpgrade(h http.Header) bool {
 	return len(h["Upgrade"]) > 0 && httpguts.HeaderValuesContainsToken(h["Connection"], "Upgrade")
 }
@@ -481,18 +528,22 @@ func (c *bufferedConn) CloseWrite() error {
 	return nil
 }
 
-// upConn is a connection to the upstream with its buffers.
+// upConn is a connection to the upstream with its buffers; br reads
+// through lr, whose limit bounds a response head.
 type upConn struct {
 	net.Conn
+	lr   *io.LimitedReader
 	br   *bufio.Reader
 	bw   *bufio.Writer
 	idle time.Time
 }
 
-// upstreamPool keeps idle upstream connections for reuse.
+// upstreamPool keeps idle upstream connections for reuse, and knows the
+// busy ones so that shutdown can close those its deadline cuts off.
 type upstreamPool struct {
 	mu     sync.Mutex
 	idle   []*upConn
+	busy   map[*upConn]struct{}
 	closed bool
 }
 
@@ -501,29 +552,67 @@ const (
 	upstreamIdleTimeout = 90 * time.Second
 )
 
+// get takes the most recently used idle connection that is still usable
+// (see idleConnUsable), marking it busy.
 func (p *upstreamPool) get() *upConn {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for n := len(p.idle); n > 0; n = len(p.idle) {
+	for {
+		p.mu.Lock()
+		n := len(p.idle)
+		if n == 0 {
+			p.mu.Unlock()
+			return nil
+		}
 		up := p.idle[n-1]
 		p.idle = p.idle[:n-1]
-		if time.Since(up.idle) < upstreamIdleTimeout {
+		p.mu.Unlock()
+		if time.Since(up.idle) < upstreamIdleTimeout && idleConnUsable(up.Conn) {
+			p.busyAdd(up)
 			return up
 		}
 		up.Close()
 	}
-	return nil
 }
 
+func (p *upstreamPool) busyAdd(up *upConn) {
+	p.mu.Lock()
+	if p.busy == nil {
+		p.busy = map[*upConn]struct{}{}
+	}
+	p.busy[up] = struct{}{}
+	p.mu.Unlock()
+}
+
+// put returns a connection whose exchange ended cleanly. One with bytes
+// already buffered past the response is not reused: they are no answer
+// to any request the next client will send.
 func (p *upstreamPool) put(up *upConn) {
 	up.idle = time.Now()
 	p.mu.Lock()
-	if !p.closed && len(p.idle) < maxIdleUpstream {
+	delete(p.busy, up)
+	if !p.closed && len(p.idle) < maxIdleUpstream && up.br.Buffered() == 0 {
 		p.idle = append(p.idle, up)
 		up = nil
 	}
 	p.mu.Unlock()
 	if up != nil {
+		up.Close()
+	}
+}
+
+// discard closes a busy connection that cannot be reused.
+func (p *upstreamPool) discard(up *upConn) {
+	p.mu.Lock()
+	delete(p.busy, up)
+	p.mu.Unlock()
+	up.Close()
+}
+
+// closeBusy closes the connections exchanges are using, which wakes any
+// that waits on its upstream.
+func (p *upstreamPool) closeBusy() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for up := range p.busy {
 		up.Close()
 	}
 }
@@ -577,7 +666,9 @@ func (t *h1Conns) setIdle(c net.Conn, idle bool) bool {
 	return !t.closing
 }
 
-func (t *h1Conns) shutdown(ctx context.Context) {
+// shutdown waits for busy connections to finish until ctx ends, then
+// closes every connection and calls alsoClose.
+func (t *h1Conns) shutdown(ctx context.Context, alsoClose func()) {
 	t.mu.Lock()
 	t.closing = true
 	for c, idle := range t.conns {
@@ -592,6 +683,7 @@ func (t *h1Conns) shutdown(ctx context.Context) {
 			c.Close()
 		}
 		t.mu.Unlock()
+		alsoClose()
 	})
 }
 

@@ -345,7 +345,7 @@ func TestH1HopByHopHeadersAndExpectContinue(t *testing.T) {
 	addr, _, _ := startH1(t, up.Listener.Addr().String())
 	c, br := dialH1(t, addr)
 	fmt.Fprint(c, "POST /e HTTP/1.1\r\nHost: api\r\nConnection: keep-alive, X-Secret\r\nX-Secret: s\r\nKeep-Alive: timeout=5\r\n"+
-		"Proxy-Authorization: Basic eA==\r\nTe: trailers\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+		"Proxy-Authorization: Basic eA==\r\nTe: deflate, trailers\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
 	// The client waits for 100 Continue before sending its body.
 	line, err := br.ReadString('\n')
 	if err != nil || line != "HTTP/1.1 100 Continue\r\n" {
@@ -359,10 +359,14 @@ func TestH1HopByHopHeadersAndExpectContinue(t *testing.T) {
 		t.Fatalf("after 100-continue: %d %q", resp.StatusCode, body)
 	}
 	h := rec.all()[0].header
-	for _, k := range []string{"X-Secret", "Keep-Alive", "Proxy-Authorization", "Te", "Expect"} {
+	for _, k := range []string{"X-Secret", "Keep-Alive", "Proxy-Authorization", "Expect"} {
 		if h.Get(k) != "" {
 			t.Errorf("%s reached the upstream: %q", k, h.Get(k))
 		}
+	}
+	// "Te: trailers" goes on (gRPC servers require it), nothing else of Te.
+	if te := h.Values("Te"); len(te) != 1 || te[0] != "trailers" {
+		t.Errorf("Te at the upstream: %q", te)
 	}
 }
 
@@ -564,4 +568,246 @@ func FuzzH1Forwarder(f *testing.F) {
 			t.Fatalf("upstream parsed %d requests, %d decided", len(rec.all()), len(decided))
 		}
 	})
+}
+
+// startRawUpstream runs handle for each connection to a loopback port,
+// for upstreams that misbehave in ways net/http's server will not.
+func startRawUpstream(t *testing.T, handle func(c net.Conn, br *bufio.Reader)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+				handle(c, bufio.NewReader(c))
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// answerPath answers each request on c with its own path, keeping the
+// connection, until the client closes it.
+func answerPath(c net.Conn, br *bufio.Reader) {
+	for {
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return
+		}
+		_, _ = io.Copy(io.Discard, req.Body)
+		fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(req.URL.Path), req.URL.Path)
+	}
+}
+
+// Bytes an upstream sends beyond its response, with it or later while the
+// connection is idle, are never taken as the next client's response.
+func TestH1StrayUpstreamBytesNotGivenToNextClient(t *testing.T) {
+	const stray = "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\ninject"
+	for _, tc := range []struct {
+		name  string
+		later bool // the stray response comes after the real one, not with it
+	}{{"with the response", false}, {"while idle", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			strayed, pooled := make(chan struct{}), make(chan struct{})
+			var first sync.Once
+			addr := startRawUpstream(t, func(c net.Conn, br *bufio.Reader) {
+				isFirst := false
+				first.Do(func() { isFirst = true })
+				if !isFirst {
+					answerPath(c, br)
+					return
+				}
+				if _, err := http.ReadRequest(br); err != nil {
+					return
+				}
+				if tc.later {
+					fmt.Fprint(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+					<-pooled
+					fmt.Fprint(c, stray)
+				} else {
+					fmt.Fprint(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"+stray)
+				}
+				close(strayed)
+				_, _ = br.ReadByte() // hold the connection open
+			})
+			paddr, _, f := startH1(t, addr)
+			c1, br1 := dialH1(t, paddr)
+			fmt.Fprint(c1, "GET /one HTTP/1.1\r\nHost: api\r\n\r\n")
+			if resp, body := readResp(t, br1, "GET"); resp.StatusCode != 200 || body != "ok" {
+				t.Fatalf("first: %d %q", resp.StatusCode, body)
+			}
+			if tc.later {
+				waitFor(t, 10*time.Second, "the connection pooled", func() bool {
+					f.pool.mu.Lock()
+					defer f.pool.mu.Unlock()
+					return len(f.pool.idle) == 1
+				})
+				close(pooled)
+			}
+			<-strayed
+			c2, br2 := dialH1(t, paddr)
+			fmt.Fprint(c2, "GET /two HTTP/1.1\r\nHost: api\r\n\r\n")
+			if resp, body := readResp(t, br2, "GET"); resp.StatusCode != 200 || body != "/two" {
+				t.Fatalf("the next client got %d %q", resp.StatusCode, body)
+			}
+		})
+	}
+}
+
+// A request that cannot be replayed (a POST) does not fail because the
+// upstream closed the pooled connection while it was idle.
+func TestH1PostAfterUpstreamClosedIdleConnection(t *testing.T) {
+	closed := make(chan struct{}, 1)
+	addr := startRawUpstream(t, func(c net.Conn, br *bufio.Reader) {
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return
+		}
+		_, _ = io.Copy(io.Discard, req.Body)
+		fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(req.URL.Path), req.URL.Path)
+		c.Close() // keep-alive promised, then closed: an idle timeout
+		closed <- struct{}{}
+	})
+	paddr, side, _ := startH1(t, addr)
+	c, br := dialH1(t, paddr)
+	for _, path := range []string{"/one", "/two"} {
+		fmt.Fprintf(c, "POST %s HTTP/1.1\r\nHost: api\r\nContent-Length: 1\r\n\r\nx", path)
+		if resp, body := readResp(t, br, "POST"); resp.StatusCode != 200 || body != path {
+			t.Fatalf("%s: %d %q", path, resp.StatusCode, body)
+		}
+		<-closed
+	}
+	side.mu.Lock()
+	defer side.mu.Unlock()
+	if side.failed != 0 {
+		t.Fatalf("%d upstream failures reported", side.failed)
+	}
+}
+
+// 101 Switching Protocols is relayed only for a WebSocket handshake
+// answered with a switch to WebSocket; anything else is a 502, and the
+// connection is not reused.
+func TestH1UnexpectedSwitchingProtocols(t *testing.T) {
+	addr := startRawUpstream(t, func(c net.Conn, br *bufio.Reader) {
+		for {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			switch req.URL.Path {
+			case "/switch":
+				fmt.Fprint(c, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: "+req.URL.Query().Get("to")+"\r\n\r\n")
+			default:
+				fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(req.URL.Path), req.URL.Path)
+			}
+		}
+	})
+	paddr, _, _ := startH1(t, addr)
+	for _, tc := range []struct{ name, request string }{
+		{"no upgrade asked", "GET /switch?to=websocket HTTP/1.1\r\nHost: api\r\n\r\n"},
+		{"websocket asked, other given", "GET /switch?to=foo HTTP/1.1\r\nHost: api\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"},
+	} {
+		c, br := dialH1(t, paddr)
+		fmt.Fprint(c, tc.request)
+		if resp, _ := readResp(t, br, "GET"); resp.StatusCode != http.StatusBadGateway {
+			t.Errorf("%s: %d", tc.name, resp.StatusCode)
+		}
+	}
+	c, br := dialH1(t, paddr)
+	fmt.Fprint(c, "GET /after HTTP/1.1\r\nHost: api\r\n\r\n")
+	if resp, body := readResp(t, br, "GET"); resp.StatusCode != 200 || body != "/after" {
+		t.Fatalf("after: %d %q", resp.StatusCode, body)
+	}
+}
+
+// What an upstream sends before its final response is bounded: the head's
+// size and the number of 1xx responses. An HTTP/1.0 client gets no 1xx.
+func TestH1UpstreamResponseHeadLimits(t *testing.T) {
+	addr := startRawUpstream(t, func(c net.Conn, br *bufio.Reader) {
+		for {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			switch req.URL.Path {
+			case "/big-head":
+				fmt.Fprint(c, "HTTP/1.1 200 OK\r\n")
+				line := "X-Filler: " + strings.Repeat("a", 1000) + "\r\n"
+				for i := 0; i < 2*maxResponseHeadBytes/len(line); i++ {
+					if _, err := io.WriteString(c, line); err != nil {
+						return
+					}
+				}
+				fmt.Fprint(c, "Content-Length: 0\r\n\r\n")
+			case "/many-1xx":
+				for i := 0; i < 4*maxInterimResponses; i++ {
+					fmt.Fprint(c, "HTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\n")
+				}
+				fmt.Fprint(c, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+			case "/one-1xx":
+				fmt.Fprint(c, "HTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+			}
+		}
+	})
+	paddr, _, _ := startH1(t, addr)
+	for _, path := range []string{"/big-head", "/many-1xx"} {
+		c, br := dialH1(t, paddr)
+		fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: api\r\n\r\n", path)
+		resp, err := http.ReadResponse(br, nil)
+		for err == nil && resp.StatusCode < 200 {
+			resp, err = http.ReadResponse(br, nil)
+		}
+		if err != nil || resp.StatusCode != http.StatusBadGateway {
+			t.Errorf("%s: %v %v", path, resp, err)
+		}
+	}
+	c, br := dialH1(t, paddr)
+	fmt.Fprint(c, "GET /one-1xx HTTP/1.0\r\nHost: api\r\n\r\n")
+	if resp, body := readResp(t, br, "GET"); resp.StatusCode != 200 || body != "ok" {
+		t.Fatalf("HTTP/1.0 client: %d %q", resp.StatusCode, body)
+	}
+}
+
+// At the shutdown deadline an exchange waiting on an upstream that never
+// answers is cut off too, so shutdown returns.
+func TestH1ShutdownDeadlineCutsOffHungUpstream(t *testing.T) {
+	arrived := make(chan struct{})
+	addr := startRawUpstream(t, func(c net.Conn, br *bufio.Reader) {
+		if _, err := http.ReadRequest(br); err != nil {
+			return
+		}
+		close(arrived)
+		_, _ = br.ReadByte() // never answers; returns when the proxy closes
+	})
+	paddr, _, f := startH1(t, addr)
+	c, br := dialH1(t, paddr)
+	fmt.Fprint(c, "GET /hang HTTP/1.1\r\nHost: api\r\n\r\n")
+	<-arrived
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		defer cancel()
+		f.shutdown(ctx)
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("shutdown did not return after its deadline")
+	}
+	if _, err := br.ReadByte(); err == nil {
+		t.Fatal("the client connection got an answer instead of being closed")
+	}
 }

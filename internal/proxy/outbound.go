@@ -142,6 +142,11 @@ type outboundH1 struct{ o *outbound }
 
 func (s outboundH1) prepare(x *h1Exchange) (int, string) {
 	h := x.req.Header
+	// Only a WebSocket upgrade is relayed (an h2c one is dropped): the
+	// tunnel after it is what the upstream's policy decided.
+	if httpx.CheckUpgrade(h) != nil {
+		return http.StatusBadRequest, "Bad Request"
+	}
 	for _, k := range []string{"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"} {
 		delete(h, k)
 	}

@@ -685,3 +685,29 @@ func TestUpgradeOtherThanWebSocketNotForwarded(t *testing.T) {
 		t.Fatalf("audit %+v", last)
 	}
 }
+
+// A client's Connection header may name only its own hop-by-hop headers:
+// naming the ones the proxy sets does not take them away.
+func TestConnectionHeaderCannotRemoveProxyHeaders(t *testing.T) {
+	m := newMesh(t, meshOpts{})
+	resp, body := exchange(t, m, "GET /api/x HTTP/1.1\r\nHost: api\r\n"+
+		"Connection: keep-alive, X-Forwarded-Client-Cert, X-Forwarded-For, X-Forwarded-Proto, X-Request-Id\r\n"+
+		"X-Request-Id: client-chosen-id\r\n\r\n")
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("status %d: %s", resp.StatusCode, body)
+	}
+	var got echoReply
+	if err := json.Unmarshal([]byte(body), &got); err != nil {
+		t.Fatal(err)
+	}
+	if xfcc := got.Headers.Get("X-Forwarded-Client-Cert"); !strings.Contains(xfcc, "URI="+idFrontend) {
+		t.Errorf("X-Forwarded-Client-Cert at the application: %q", xfcc)
+	}
+	if got.Headers.Get("X-Forwarded-For") == "" || got.Headers.Get("X-Forwarded-Proto") != "https" {
+		t.Errorf("X-Forwarded-* at the application: %v", got.Headers)
+	}
+	id := got.Headers.Get("X-Request-Id")
+	if id == "" || id == "client-chosen-id" {
+		t.Errorf("X-Request-Id at the application: %q (the client's was a hop-by-hop header)", id)
+	}
+}
