@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -810,4 +811,78 @@ func TestH1ShutdownDeadlineCutsOffHungUpstream(t *testing.T) {
 	if _, err := br.ReadByte(); err == nil {
 		t.Fatal("the client connection got an answer instead of being closed")
 	}
+}
+
+// BenchmarkIdleConnUsable: the check each reuse of a pooled upstream
+// connection pays (go test -bench IdleConnUsable ./internal/proxy).
+func BenchmarkIdleConnUsable(b *testing.B) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			accepted <- c
+		}
+		close(accepted)
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	if peer := <-accepted; peer != nil {
+		defer peer.Close()
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if !idleConnUsable(c) {
+			b.Fatal("an idle, open connection reported unusable")
+		}
+	}
+}
+
+func TestIdleConnUsable(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("the MSG_PEEK check is Linux's; elsewhere every pooled connection counts as usable")
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		accepted <- c
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	peer := <-accepted
+	if peer == nil {
+		t.Fatal("accept failed")
+	}
+	if !idleConnUsable(c) {
+		t.Fatal("idle open connection: unusable")
+	}
+	if _, err := peer.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "stray byte seen", func() bool { return !idleConnUsable(c) })
+	// The byte is still there for a reader: the check only peeks.
+	buf := make([]byte, 1)
+	if _, err := io.ReadFull(c, buf); err != nil || buf[0] != 'x' {
+		t.Fatalf("after the check: %q %v", buf, err)
+	}
+	if !idleConnUsable(c) {
+		t.Fatal("after reading the stray byte: unusable")
+	}
+	peer.Close()
+	waitFor(t, 5*time.Second, "EOF seen", func() bool { return !idleConnUsable(c) })
 }
