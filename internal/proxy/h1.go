@@ -84,6 +84,10 @@ func (f *h1Forwarder) serve(ctx context.Context, c net.Conn, br *bufio.Reader, l
 	defer func() { bw.Reset(nil); clientWriters.Put(bw) }()
 	ci := newConnInfo(c)
 	set := &f.p.set
+	// One exchange record per connection, reset for each request: the
+	// side is done with it when exchange returns (the audit record is
+	// encoded synchronously).
+	x := new(h1Exchange)
 	for {
 		// Idle between requests: the first byte of the next one may take
 		// idle_timeout; then the whole head header_read_timeout.
@@ -124,7 +128,8 @@ func (f *h1Forwarder) serve(ctx context.Context, c net.Conn, br *bufio.Reader, l
 			return
 		}
 		req.RemoteAddr = c.RemoteAddr().String()
-		if !f.exchange(ctx, c, br, bw, ci, req) {
+		*x = h1Exchange{ctx: ctx, req: req, ci: ci, start: time.Now()}
+		if !f.exchange(c, br, bw, x) {
 			return
 		}
 	}
@@ -164,8 +169,8 @@ func checkRequest(req *http.Request) int {
 
 // exchange forwards one request and its response; false when the client
 // connection must close.
-func (f *h1Forwarder) exchange(ctx context.Context, c net.Conn, br *bufio.Reader, bw *bufio.Writer, ci *connInfo, req *http.Request) bool {
-	x := &h1Exchange{ctx: ctx, req: req, ci: ci, start: time.Now()}
+func (f *h1Forwarder) exchange(c net.Conn, br *bufio.Reader, bw *bufio.Writer, x *h1Exchange) bool {
+	ctx, req := x.ctx, x.req
 	keep := !req.Close && req.ProtoAtLeast(1, 1)
 	hasBody := req.Body != nil && req.Body != http.NoBody
 	// Hop-by-hop headers go before the side sees the request, as
@@ -509,8 +514,15 @@ var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return 
 // Response.Write: ReadFrom reads straight into the writer's own buffer,
 // and flushBeforeBlock flushing that same writer in the middle of such a
 // read would scramble it. Without it the copy goes through
-// flushBeforeBlock.WriteTo or io.Copy's own buffer.
-type writerOnly struct{ io.Writer }
+// flushBeforeBlock.WriteTo or io.Copy's own buffer. WriteByte stays:
+// Request.Write wraps a writer without it in a bufio.Writer of its own (a
+// 4 KiB allocation per request, and a head held back from the upstream
+// until the body is done).
+type writerOnly struct{ w *bufio.Writer }
+
+func (w writerOnly) Write(p []byte) (int, error)       { return w.w.Write(p) }
+func (w writerOnly) WriteString(s string) (int, error) { return w.w.WriteString(s) }
+func (w writerOnly) WriteByte(c byte) error            { return w.w.WriteByte(c) }
 
 // bufferedConn reads through the bufio.Reader that may hold bytes already
 // read from the connection.

@@ -60,7 +60,7 @@ func (s *recordingSide) decided() []string {
 // the settings before the first connection is accepted: the race detector
 // sees no ordering through a TCP connection, so settings must not change
 // after serving starts.
-func startH1(t *testing.T, upstream string, tune ...func(*Settings)) (string, *recordingSide, *h1Forwarder) {
+func startH1(t testing.TB, upstream string, tune ...func(*Settings)) (string, *recordingSide, *h1Forwarder) {
 	t.Helper()
 	side := &recordingSide{}
 	p := &Proxy{set: Settings{IdleTimeout: time.Minute, HeaderReadTimeout: 5 * time.Second, MaxHeaderBytes: 8192, HandshakeTimeout: 5 * time.Second}}

@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"net"
 	"syscall"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -30,10 +31,11 @@ func idleConnUsable(c net.Conn) bool {
 		return false
 	}
 	usable := false
+	var b [1]byte
 	err = rc.Read(func(fd uintptr) bool {
-		var b [1]byte
-		_, _, rerr := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-		usable = rerr == unix.EAGAIN || rerr == unix.EWOULDBLOCK
+		// recvfrom(2) without an address (unix.Recvfrom allocates one).
+		_, _, errno := unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1, unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
+		usable = errno == unix.EAGAIN || errno == unix.EWOULDBLOCK
 		return true // never wait: the answer is now
 	})
 	return err == nil && usable
