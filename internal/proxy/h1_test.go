@@ -886,3 +886,35 @@ func TestIdleConnUsable(t *testing.T) {
 	peer.Close()
 	waitFor(t, 5*time.Second, "EOF seen", func() bool { return !idleConnUsable(c) })
 }
+
+// A slow upload's head and its first part reach the upstream while the
+// client is still sending the rest.
+func TestH1SlowUploadStreamsToUpstream(t *testing.T) {
+	gotPart := make(chan string, 1)
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		part := make([]byte, 5)
+		if _, err := io.ReadFull(r.Body, part); err != nil {
+			gotPart <- "error: " + err.Error()
+			return
+		}
+		gotPart <- string(part)
+		rest, _ := io.ReadAll(r.Body)
+		_, _ = io.WriteString(w, string(part)+string(rest))
+	}))
+	t.Cleanup(up.Close)
+	addr, _, _ := startH1(t, up.Listener.Addr().String())
+	c, br := dialH1(t, addr)
+	fmt.Fprint(c, "POST /upload HTTP/1.1\r\nHost: api\r\nContent-Length: 10\r\n\r\nfirst")
+	select {
+	case part := <-gotPart:
+		if part != "first" {
+			t.Fatalf("the upstream read %q", part)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the upstream did not get the upload's first part while the client was still sending")
+	}
+	fmt.Fprint(c, "-last")
+	if resp, body := readResp(t, br, "POST"); resp.StatusCode != 200 || body != "first-last" {
+		t.Fatalf("%d %q", resp.StatusCode, body)
+	}
+}
