@@ -88,6 +88,14 @@ func (f *h1Forwarder) serve(ctx context.Context, c net.Conn, br *bufio.Reader, l
 	// side is done with it when exchange returns (the audit record is
 	// encoded synchronously).
 	x := new(h1Exchange)
+	// refuse answers a request that cannot be served and ends the
+	// connection, reading what the client still sends for a moment so that
+	// it gets the answer rather than a reset.
+	refuse := func(status int) {
+		writeErrorAndClose(bw, status)
+		lr.N = math.MaxInt64
+		lingerClose(c, br)
+	}
 	for {
 		// Idle between requests: the first byte of the next one may take
 		// idle_timeout; then the whole head header_read_timeout.
@@ -109,10 +117,10 @@ func (f *h1Forwarder) serve(ctx context.Context, c net.Conn, br *bufio.Reader, l
 		if err != nil {
 			switch {
 			case lr.N <= 0:
-				writeErrorAndClose(bw, http.StatusRequestHeaderFieldsTooLarge)
+				refuse(http.StatusRequestHeaderFieldsTooLarge)
 			case isTimeout(err), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
 			default:
-				writeErrorAndClose(bw, http.StatusBadRequest)
+				refuse(http.StatusBadRequest)
 			}
 			return
 		}
@@ -124,7 +132,7 @@ func (f *h1Forwarder) serve(ctx context.Context, c net.Conn, br *bufio.Reader, l
 			_ = c.SetReadDeadline(time.Time{})
 		}
 		if status := checkRequest(req); status != 0 {
-			writeErrorAndClose(bw, status)
+			refuse(status)
 			return
 		}
 		req.RemoteAddr = c.RemoteAddr().String()
@@ -182,7 +190,13 @@ func (f *h1Forwarder) exchange(c net.Conn, br *bufio.Reader, bw *bufio.Writer, x
 		keep = keep && !hasBody // an unread body would be read as the next request
 		writeLocal(bw, status, body, keep)
 		f.side.finish(x, status) // recorded before the client has the answer
-		return bw.Flush() == nil && keep
+		if bw.Flush() != nil {
+			return false
+		}
+		if hasBody {
+			lingerClose(c, br)
+		}
+		return keep
 	}
 	websocket := isUpgrade(req.Header) // (prepare has refused or removed any other upgrade)
 	if _, ok := req.Header["User-Agent"]; !ok {
@@ -217,10 +231,16 @@ func (f *h1Forwarder) exchange(c net.Conn, br *bufio.Reader, bw *bufio.Writer, x
 		f.side.upstreamFailed(err)
 		writeLocal(bw, http.StatusBadGateway, "upstream unavailable", false)
 		f.side.finish(x, http.StatusBadGateway)
-		_ = bw.Flush()
+		if bw.Flush() == nil && hasBody && !bodyDone(req) && !clientBodyFailed(req) {
+			lingerClose(c, br)
+		}
 		return false
 	}
 	upClose := resp.Close
+	early := hasBody && !bodyDone(req) // answered before the body was all sent
+	if early {
+		keep = false
+	}
 	removeHopHeaders(resp.Header, false)
 	resp.ProtoMajor, resp.ProtoMinor, resp.Proto = 1, 1, "HTTP/1.1"
 	if !req.ProtoAtLeast(1, 1) {
@@ -237,8 +257,11 @@ func (f *h1Forwarder) exchange(c net.Conn, br *bufio.Reader, bw *bufio.Writer, x
 	if err == nil {
 		err = bw.Flush()
 	}
-	if err != nil || upClose || hasBody && !bodyDone(req) {
+	if err != nil || upClose || early {
 		f.pool.discard(up)
+		if err == nil && early {
+			lingerClose(c, br)
+		}
 		return false
 	}
 	f.pool.put(up)
@@ -264,6 +287,14 @@ func (f *h1Forwarder) roundTrip(ctx context.Context, req *http.Request, bw *bufi
 		err = req.Write(writerOnly{up.bw})
 		if err == nil {
 			err = up.bw.Flush()
+		}
+		if err != nil && !clientBodyFailed(req) {
+			// An upstream may answer before it has read the whole body
+			// (413, 401) and close the connection, failing our write:
+			// its answer is what the client gets, not a 502.
+			if resp, rerr := readEarlyResponse(up, req); rerr == nil {
+				return resp, up, nil
+			}
 		}
 		// stale: the upstream closed the connection before reading or
 		// answering any of this request (a pooled connection it had
@@ -305,6 +336,54 @@ func (f *h1Forwarder) roundTrip(ctx context.Context, req *http.Request, bw *bufi
 		}
 		return nil, nil, err
 	}
+}
+
+// earlyResponseWait bounds the wait for an answer from an upstream that
+// stopped taking a request's body.
+const earlyResponseWait = time.Second
+
+// readEarlyResponse reads the final response an upstream sent before it
+// stopped reading the request (1xx responses are dropped: the client is
+// owed no more of them). The connection is not reused after it.
+func readEarlyResponse(up *upConn, req *http.Request) (*http.Response, error) {
+	_ = up.SetReadDeadline(time.Now().Add(earlyResponseWait))
+	defer func() { _ = up.SetReadDeadline(time.Time{}) }()
+	for interim := 0; interim <= maxInterimResponses; interim++ {
+		up.lr.N = maxResponseHeadBytes
+		resp, err := http.ReadResponse(up.br, req)
+		up.lr.N = math.MaxInt64
+		if err != nil {
+			return nil, err
+		}
+		if resp.StatusCode >= 200 && resp.StatusCode != http.StatusSwitchingProtocols {
+			resp.Close = true
+			return resp, nil
+		}
+		if resp.StatusCode == http.StatusSwitchingProtocols {
+			return nil, errors.New("101 Switching Protocols before the request was sent")
+		}
+	}
+	return nil, errors.New("too many 1xx responses")
+}
+
+// clientBodyFailed: reading the request body from the client failed (as
+// opposed to writing it to the upstream).
+func clientBodyFailed(req *http.Request) bool {
+	fb, ok := req.Body.(*flushBeforeBlock)
+	return ok && fb.clientErr
+}
+
+// lingerClose ends a client connection whose request body was not read
+// to its end (an early answer): the write side closes first and what the
+// client still sends is read and dropped for a moment, so that closing
+// with unread data (a TCP reset) does not destroy the answer before the
+// client has read it, as net/http's server does.
+func lingerClose(c net.Conn, br *bufio.Reader) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+	}
+	_ = c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	_, _ = io.Copy(io.Discard, io.LimitReader(br, 4<<20))
 }
 
 // tunnel relays a WebSocket connection after 101 Switching Protocols.
@@ -455,15 +534,18 @@ type flushBeforeBlock struct {
 	continueTo *bufio.Writer // the client, owed a 100 Continue before the first read
 	left       int64         // bytes of the body still to come; -1 unknown
 	eof        bool
+	clientErr  bool // reading the body from the client (or answering 100 Continue) failed
 }
 
 func (f *flushBeforeBlock) Read(p []byte) (int, error) {
 	if w := f.continueTo; w != nil {
 		f.continueTo = nil
 		if _, err := w.WriteString("HTTP/1.1 100 Continue\r\n\r\n"); err != nil {
+			f.clientErr = true
 			return 0, err
 		}
 		if err := w.Flush(); err != nil {
+			f.clientErr = true
 			return 0, err
 		}
 	}
@@ -480,6 +562,8 @@ func (f *flushBeforeBlock) Read(p []byte) (int, error) {
 	}
 	if err == io.EOF {
 		f.eof = true
+	} else if err != nil {
+		f.clientErr = true
 	}
 	return n, err
 }

@@ -918,3 +918,42 @@ func TestH1SlowUploadStreamsToUpstream(t *testing.T) {
 		t.Fatalf("%d %q", resp.StatusCode, body)
 	}
 }
+
+// An upstream that answers an upload before reading all of it and closes
+// the connection (net/http's server does this for a large unread body):
+// the client gets that answer, not a 502, and then the connection ends.
+func TestH1EarlyAnswerToUpload(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusRequestEntityTooLarge)
+		_, _ = io.WriteString(w, "too big")
+	}))
+	t.Cleanup(up.Close)
+	addr, side, _ := startH1(t, up.Listener.Addr().String())
+	c, br := dialH1(t, addr)
+	const size = 16 << 20
+	sent := make(chan error, 1)
+	go func() {
+		if _, err := fmt.Fprintf(c, "POST /upload HTTP/1.1\r\nHost: api\r\nContent-Length: %d\r\n\r\n", size); err != nil {
+			sent <- err
+			return
+		}
+		_, err := io.Copy(c, io.LimitReader(zeros{}, size))
+		sent <- err
+	}()
+	resp, body := readResp(t, br, "POST")
+	if resp.StatusCode != http.StatusRequestEntityTooLarge || body != "too big" || !resp.Close {
+		t.Fatalf("%d %q close=%v", resp.StatusCode, body, resp.Close)
+	}
+	if err := <-sent; err == nil {
+		t.Log("(the whole upload went out before the proxy closed)")
+	}
+	side.mu.Lock()
+	defer side.mu.Unlock()
+	if side.failed != 0 || len(side.finished) != 1 || side.finished[0] != http.StatusRequestEntityTooLarge {
+		t.Fatalf("failed %d, finished %v", side.failed, side.finished)
+	}
+}
+
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) { clear(p); return len(p), nil }
