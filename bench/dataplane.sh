@@ -35,6 +35,7 @@
 #   BASE_PORT         loopback ports BASE_PORT..BASE_PORT+50 [20000-59900,
 #                     from the PID]
 #   NGINX_WORKERS [2] worker_processes of each nginx
+#   TM_GOMAXPROCS [2] GOMAXPROCS of each Trustmesh proxy (1 measured slower: 0.64x nginx)
 #   QUIET_WAIT [30]   before each measurement, wait up to this long for a
 #                     quiet second (< 5% CPU busy; 0: don't wait); the
 #                     "other load" column shows what ran alongside anyway
@@ -57,6 +58,7 @@ BODY=${BODY:-128}
 # at least do not talk to each other's processes.
 BASE_PORT=${BASE_PORT:-$((20000 + ($$ % 400) * 100))}
 NGINX_WORKERS=${NGINX_WORKERS:-2}
+TM_GOMAXPROCS=${TM_GOMAXPROCS:-2}
 QUIET_WAIT=${QUIET_WAIT:-30}
 PROFILE=${PROFILE:-0}
 PERF=${PERF:-0}
@@ -354,7 +356,7 @@ done
 start nginx-in nginx -p "$dir/nginx-in" -c "$dir/nginx-in/nginx.conf" -e "$dir/nginx-in/error.log"
 start nginx-out nginx -p "$dir/nginx-out" -c "$dir/nginx-out/nginx.conf" -e "$dir/nginx-out/error.log"
 
-# --- Trustmesh pair: one process each, GOMAXPROCS=2. The inbound's policy
+# --- Trustmesh pair: one process each, GOMAXPROCS=$TM_GOMAXPROCS. The inbound's policy
 # allows the frontend's principal; everything else is denied.
 cat >"$dir/policy/api.yaml" <<EOF
 apiVersion: security.istio.io/v1
@@ -377,10 +379,10 @@ if [ "$PROFILE" = 1 ]; then
   pp_in=(TRUSTMESH_PPROF="$PPROF_IN_ADDR")
   pp_out=(TRUSTMESH_PPROF="$PPROF_OUT_ADDR")
 fi
-start tm-in env GOMAXPROCS=2 "${pp_in[@]}" "$tm" proxy run --socket "$sock" --svid-id "$ID_API" --label app=api \
+start tm-in env GOMAXPROCS=$TM_GOMAXPROCS "${pp_in[@]}" "$tm" proxy run --socket "$sock" --svid-id "$ID_API" --label app=api \
   --inbound-listen "$TM_IN_ADDR" --inbound-forward "$BACKEND_ADDR" --policy "$dir/policy" \
   --audit-log "$dir/tm-in-audit.log" --log-level warn
-start tm-out env GOMAXPROCS=2 "${pp_out[@]}" "$tm" proxy run --socket "$sock" --svid-id "$ID_FRONTEND" \
+start tm-out env GOMAXPROCS=$TM_GOMAXPROCS "${pp_out[@]}" "$tm" proxy run --socket "$sock" --svid-id "$ID_FRONTEND" \
   --outbound-listen "$TM_OUT_ADDR" --outbound-upstream "$TM_IN_ADDR" --outbound-spiffe-id "$ID_API" --log-level warn
 
 # env execs the proxy, so these PIDs are the proxies themselves. Wait for
@@ -603,7 +605,7 @@ cpu=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
 echo
 echo "data plane benchmark: $(nproc) CPUs ($cpu), $(uname -r)"
 echo "  wrk -t$THREADS -c$CONNS -d${DURATION}s --latency, $ROUNDS rounds interleaved (median shown), ${BODY}-byte responses from a Go HTTP/1.1 backend"
-echo "  trustmesh: 2 processes, GOMAXPROCS=2 each, $(go env GOVERSION); $(nginx -v 2>&1 | sed 's/^nginx version: //'): 2 instances, worker_processes $NGINX_WORKERS each"
+echo "  trustmesh: 2 processes, GOMAXPROCS=$TM_GOMAXPROCS each, $(go env GOVERSION); $(nginx -v 2>&1 | sed 's/^nginx version: //'): 2 instances, worker_processes $NGINX_WORKERS each"
 echo "  inbound request logging on both (Trustmesh audit log, nginx access_log); mTLS TLS 1.3 with agent-issued X.509-SVIDs"
 echo "  nginx verifies chains and the api's DNS SAN only; Trustmesh also matches SPIFFE IDs and evaluates policy per request"
 echo "  at the backend: nginx $xfcc_nginx"

@@ -964,15 +964,45 @@ func (g *Gateway) signIn(w http.ResponseWriter, r *http.Request) {
 		g.errorPage(w, http.StatusBadRequest, "Unknown identity provider", "No identity provider is configured for this application.")
 		return
 	}
-	if hostOnly(g.hostOf(r)) != g.set.ExternalURL.Hostname() {
+	if host := hostOnly(g.hostOf(r)); host != g.set.ExternalURL.Hostname() {
+		q := url.Values{"rd": {rd}, "provider": {p.cfg.Name}}
+		if strings.EqualFold(hostOnly(rdURL.Host), host) && !g.coveredByCookie(host) {
+			// The session will come back to this host through a one-time
+			// hand-off code. A cookie set here, whose hash travels with the
+			// login, binds that code to this browser: a code someone else
+			// obtained (their own login) cannot sign this browser in as them.
+			binding := randomString(32)
+			http.SetCookie(w, &http.Cookie{
+				Name: g.handoffCookieName(), Value: binding, Path: "/oauth2/", MaxAge: int(g.set.LoginTimeout.Seconds()),
+				HttpOnly: true, Secure: g.schemeOf(r) == "https", SameSite: http.SameSiteLaxMode,
+			})
+			q.Set("hb", hashString("handoff binding", binding))
+		}
 		u := *g.set.ExternalURL
 		u.Path += "/oauth2/start"
-		u.RawQuery = url.Values{"rd": {rd}, "provider": {p.cfg.Name}}.Encode()
+		u.RawQuery = q.Encode()
 		setPageHeaders(w)
 		http.Redirect(w, r, u.String(), http.StatusFound)
 		return
 	}
-	g.startLogin(w, r, p, rd)
+	hb := r.URL.Query().Get("hb")
+	if !isHexDigest(hb) {
+		hb = "" // no hand-off for this login: the callback sends the browser to rd, which starts over from its host
+	}
+	g.startLogin(w, r, p, rd, hb)
+}
+
+// isHexDigest: s is a lowercase hex SHA-256, as hashString makes.
+func isHexDigest(s string) bool {
+	if len(s) != 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 // signOut ends the session. POST needs the session's CSRF token; a GET

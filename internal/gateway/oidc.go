@@ -81,12 +81,15 @@ func (p *oidcProvider) get(_ context.Context) (*discovered, error) {
 // loginState is what /oauth2/start remembers for /oauth2/callback, in the
 // store under a hash of the state parameter, single use.
 type loginState struct {
-	Provider string    `json:"provider"`
-	Verifier string    `json:"verifier"`
-	Nonce    string    `json:"nonce"`
-	RD       string    `json:"rd"`
-	Binding  string    `json:"binding"` // hash of the browser's binding cookie
-	Started  time.Time `json:"started"`
+	Provider string `json:"provider"`
+	Verifier string `json:"verifier"`
+	Nonce    string `json:"nonce"`
+	RD       string `json:"rd"`
+	Binding  string `json:"binding"` // hash of the browser's binding cookie
+	// HandoffBinding is the hash of the hand-off cookie set on rd's host
+	// when the login started there; empty: no hand-off.
+	HandoffBinding string    `json:"handoff_binding,omitempty"`
+	Started        time.Time `json:"started"`
 }
 
 func randomString(n int) string {
@@ -104,7 +107,9 @@ func hashString(prefix, v string) string {
 
 // startLogin redirects the browser to the identity provider (code flow,
 // PKCE S256, state and nonce). rd is an already-validated absolute URL.
-func (g *Gateway) startLogin(w http.ResponseWriter, r *http.Request, p *oidcProvider, rd string) {
+// handoffBinding (hex SHA-256 or empty) is what a session hand-off to rd's
+// host will require of the browser there.
+func (g *Gateway) startLogin(w http.ResponseWriter, r *http.Request, p *oidcProvider, rd, handoffBinding string) {
 	if ip := g.clientIP(r); !g.loginLimiter.allow(ip) {
 		g.log.Warn("login start refused: limits.logins_per_minute reached", "provider", p.cfg.Name, "client_ip", ip.String())
 		g.metrics.logins.WithLabelValues(p.cfg.Name, "rate_limited").Inc()
@@ -132,7 +137,7 @@ func (g *Gateway) startLogin(w http.ResponseWriter, r *http.Request, p *oidcProv
 		HttpOnly: true, Secure: g.schemeOf(r) == "https", SameSite: http.SameSiteLaxMode,
 	})
 	state, nonce, verifier := randomString(32), randomString(32), oauth2.GenerateVerifier()
-	ls := loginState{Provider: p.cfg.Name, Verifier: verifier, Nonce: nonce, RD: rd, Binding: hashString("binding", binding), Started: g.now()}
+	ls := loginState{Provider: p.cfg.Name, Verifier: verifier, Nonce: nonce, RD: rd, Binding: hashString("binding", binding), HandoffBinding: handoffBinding, Started: g.now()}
 	b, _ := json.Marshal(ls)
 	sealed, err := seal(deriveID([]byte(state)).subkey("login state"), b, "login")
 	if err == nil {
@@ -269,11 +274,13 @@ func (g *Gateway) callback(w http.ResponseWriter, r *http.Request) {
 	g.clearCookie(w, r, g.csrfCookieName(), "/oauth2/")
 	setPageHeaders(w)
 	target := ls.RD
-	if u, err := url.Parse(target); err == nil && !g.coveredByCookie(u.Host) && g.servesHost(strings.ToLower(u.Hostname())) {
-		// Another host of ours: hand the session over with a one-time
-		// code. (A host that is only in allowed_redirect_domains gets the
-		// browser, never the session.)
-		if h, err := g.handoff(ctx, id, p.cfg.Name, u); err == nil {
+	if u, err := url.Parse(target); err == nil && ls.HandoffBinding != "" && !g.coveredByCookie(u.Host) && g.servesHost(strings.ToLower(u.Hostname())) {
+		// Another host of ours, where this login started: hand the session
+		// over with a one-time code bound to that host's cookie. (A host
+		// that is only in allowed_redirect_domains gets the browser, never
+		// the session; a login started here for another host sends the
+		// browser there, and that host starts its own bound login.)
+		if h, err := g.handoff(ctx, id, p.cfg.Name, u, ls.HandoffBinding); err == nil {
 			target = h
 		} else {
 			g.log.Warn("session hand-off failed", "host", u.Host, "err", err)
@@ -495,9 +502,10 @@ func (g *Gateway) reload(ctx context.Context, ls *liveSession) (*liveSession, er
 // handoff is a one-time code that gives host the session: Pomerium's way
 // to share one login across hosts no cookie domain covers. The store
 // holds the session secret sealed with a key only the code derives.
-func (g *Gateway) handoff(ctx context.Context, id sessionID, provider string, rd *url.URL) (string, error) {
+// binding is the hash of the hand-off cookie the browser must show there.
+func (g *Gateway) handoff(ctx context.Context, id sessionID, provider string, rd *url.URL, binding string) (string, error) {
 	code := randomString(32)
-	b, _ := json.Marshal(handoffTicket{Secret: base64.RawURLEncoding.EncodeToString(id.secret), Provider: provider, Host: hostOnly(rd.Host), RD: rd.RequestURI()})
+	b, _ := json.Marshal(handoffTicket{Secret: base64.RawURLEncoding.EncodeToString(id.secret), Provider: provider, Host: hostOnly(rd.Host), RD: rd.RequestURI(), Binding: binding})
 	sealed, err := seal(deriveID([]byte(code)).subkey("handoff"), b, "handoff")
 	if err != nil {
 		return "", err
@@ -514,8 +522,13 @@ type handoffTicket struct {
 	Provider string `json:"provider"`
 	Host     string `json:"host"`
 	RD       string `json:"rd"`
+	Binding  string `json:"binding"` // hash of the hand-off cookie
 }
 
+func (g *Gateway) handoffCookieName() string { return g.set.CookieName + "_handoff" }
+
+// serveHandoff redeems a hand-off code on the host it was made for, in
+// the browser that started the login there (its hand-off cookie).
 func (g *Gateway) serveHandoff(w http.ResponseWriter, r *http.Request) {
 	code := r.URL.Query().Get("code")
 	fail := func(detail string) {
@@ -526,6 +539,12 @@ func (g *Gateway) serveHandoff(w http.ResponseWriter, r *http.Request) {
 		fail("no code")
 		return
 	}
+	bc, err := r.Cookie(g.handoffCookieName())
+	if err != nil || bc.Value == "" {
+		fail("no hand-off cookie: the login did not start in this browser")
+		return
+	}
+	g.clearCookie(w, r, g.handoffCookieName(), "/oauth2/")
 	sealed, err := g.store.TakeTicket(r.Context(), "handoff:"+hashString("handoff", code))
 	if err != nil {
 		fail("unknown, expired or used code")
@@ -539,6 +558,10 @@ func (g *Gateway) serveHandoff(w http.ResponseWriter, r *http.Request) {
 	}
 	if t.Host != hostOnly(g.hostOf(r)) {
 		fail("code for host " + t.Host + " used on " + hostOnly(g.hostOf(r)))
+		return
+	}
+	if !isHexDigest(t.Binding) || subtle.ConstantTimeCompare([]byte(hashString("handoff binding", bc.Value)), []byte(t.Binding)) != 1 {
+		fail("hand-off cookie does not match: the code was issued to another browser")
 		return
 	}
 	setPageHeaders(w)

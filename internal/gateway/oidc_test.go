@@ -356,16 +356,33 @@ func TestOpenRedirectRefused(t *testing.T) {
 }
 
 // TestHandoffOnlyToServedHosts: after login, a route's host on no cookie
-// domain gets the session through a one-time code; a host that is only an
-// allowed redirect target gets the browser, never a code.
+// domain gets the session through a one-time code, bound to the browser
+// that started the login on that host; a host that is only an allowed
+// redirect target gets the browser, never a code.
 func TestHandoffOnlyToServedHosts(t *testing.T) {
 	h := newHarness(t, harnessOpts{mutate: func(c *Config) {
 		c.Routes = append(c.Routes, RouteConfig{Name: "app", Host: "app.example.com", Upstream: c.Routes[0].Upstream, IdentityProvider: "corp", Allow: &AllowConfig{Authenticated: true}})
 		c.AllowedRedirectDomains = []string{"partner.example.org"}
 	}})
-	// loginTo follows redirects while they stay on 127.0.0.1 (the gateway
-	// and the IdP) and returns where the callback sends the browser.
-	loginTo := func(rd string) *url.URL {
+	// onHost sends a request to the gateway as host (the client's jar is
+	// keyed by 127.0.0.1, so cookies for host travel by hand).
+	onHost := func(host, path string, cookies ...*http.Cookie) *http.Response {
+		req, _ := http.NewRequest(http.MethodGet, h.url+path, nil)
+		req.Host = host
+		for _, c := range cookies {
+			req.AddCookie(c)
+		}
+		resp, err := noFollow(&http.Client{Timeout: 30 * time.Second}).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp
+	}
+	// follow goes through the login from start (on the gateway's own
+	// host) while the redirects stay on 127.0.0.1 (the gateway and the
+	// IdP) and returns where the callback sends the browser.
+	follow := func(start string) *url.URL {
 		c := h.browser()
 		c.CheckRedirect = func(req *http.Request, _ []*http.Request) error {
 			if req.URL.Hostname() != "127.0.0.1" {
@@ -373,44 +390,86 @@ func TestHandoffOnlyToServedHosts(t *testing.T) {
 			}
 			return nil
 		}
-		r := h.get(c, "/oauth2/start?rd="+url.QueryEscape(rd), nil)
+		r := h.get(c, start, nil)
 		loc, err := url.Parse(r.Header.Get("Location"))
 		if r.StatusCode != http.StatusFound || err != nil {
-			t.Fatalf("rd=%s: %d %q", rd, r.StatusCode, r.Header.Get("Location"))
+			t.Fatalf("login from %s: %d %q", start, r.StatusCode, r.Header.Get("Location"))
 		}
 		return loc
 	}
-	loc := loginTo("https://partner.example.org/x")
-	if loc.String() != "https://partner.example.org/x" {
+	// startOnApp starts a login on the app host, as its unauthenticated
+	// page would: the browser gets the hand-off cookie there and goes on
+	// to the gateway's own host.
+	startOnApp := func() (*http.Cookie, string) {
+		r := onHost("app.example.com", "/oauth2/start?rd="+url.QueryEscape("https://app.example.com/y"))
+		loc, err := url.Parse(r.Header.Get("Location"))
+		if r.StatusCode != http.StatusFound || err != nil || loc.Hostname() != "127.0.0.1" || !isHexDigest(loc.Query().Get("hb")) {
+			t.Fatalf("start on the app host: %d %q", r.StatusCode, r.Header.Get("Location"))
+		}
+		for _, c := range r.Cookies() {
+			if c.Name == h.gw.handoffCookieName() && c.HttpOnly && c.Path == "/oauth2/" && c.SameSite == http.SameSiteLaxMode {
+				return c, loc.RequestURI()
+			}
+		}
+		t.Fatalf("no hand-off cookie: %v", r.Cookies())
+		return nil, ""
+	}
+	codeFrom := func(loc *url.URL) string {
+		code := loc.Query().Get("code")
+		if loc.Host != "app.example.com" || loc.Path != "/oauth2/handoff" || code == "" {
+			t.Fatalf("a login started on the route host ended at %s", loc)
+		}
+		return "/oauth2/handoff?code=" + url.QueryEscape(code)
+	}
+
+	if loc := follow("/oauth2/start?rd=" + url.QueryEscape("https://partner.example.org/x")); loc.String() != "https://partner.example.org/x" {
 		t.Fatalf("an allowed_redirect_domains host got %s", loc)
 	}
-	loc = loginTo("https://app.example.com/y")
-	code := loc.Query().Get("code")
-	if loc.Host != "app.example.com" || loc.Path != "/oauth2/handoff" || code == "" {
-		t.Fatalf("a route host got %s", loc)
+	// A login started on the gateway's own host for the app host sends
+	// the browser there without a code (the app host starts a bound one).
+	if loc := follow("/oauth2/start?rd=" + url.QueryEscape("https://app.example.com/y")); loc.String() != "https://app.example.com/y" {
+		t.Fatalf("a login not started on the app host ended at %s", loc)
 	}
-	// The code works once, on that host only.
-	get := func(host string) *http.Response {
-		req, _ := http.NewRequest(http.MethodGet, h.url+"/oauth2/handoff?code="+url.QueryEscape(code), nil)
-		req.Host = host
-		resp, err := noFollow(h.browser()).Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		return resp
+	// Nor does a made-up binding on the gateway's host make one.
+	if loc := follow("/oauth2/start?hb=" + strings.Repeat("ab", 32) + "&rd=" + url.QueryEscape("https://app.example.com/y")); loc.Path != "/oauth2/handoff" {
+		t.Fatalf("with hb: %s", loc)
 	}
-	if r := get("other.example.com"); r.StatusCode != http.StatusBadRequest {
+
+	// The code works once, on that host only, with that browser's cookie.
+	cookie, next := startOnApp()
+	handoff := codeFrom(follow(next))
+	if r := onHost("other.example.com", handoff, cookie); r.StatusCode != http.StatusBadRequest {
 		t.Fatalf("code on another host: %d", r.StatusCode)
 	}
-	loc = loginTo("https://app.example.com/y")
-	code = loc.Query().Get("code")
-	r := get("app.example.com")
+	cookie, next = startOnApp()
+	handoff = codeFrom(follow(next))
+	r := onHost("app.example.com", handoff, cookie)
 	if r.StatusCode != http.StatusFound || r.Header.Get("Location") != "/y" || len(r.Cookies()) == 0 {
 		t.Fatalf("hand-off: %d %q %v", r.StatusCode, r.Header.Get("Location"), r.Cookies())
 	}
-	if r := get("app.example.com"); r.StatusCode != http.StatusBadRequest {
+	if r := onHost("app.example.com", handoff, cookie); r.StatusCode != http.StatusBadRequest {
 		t.Fatalf("code used twice: %d", r.StatusCode)
+	}
+
+	// Login CSRF: an attacker's own code, redeemed by a victim's browser
+	// (no hand-off cookie, or the one of the victim's own login), signs
+	// nobody in.
+	_, next = startOnApp()
+	attackers := codeFrom(follow(next))
+	if r := onHost("app.example.com", attackers); r.StatusCode != http.StatusBadRequest || len(r.Cookies()) != 0 {
+		t.Fatalf("code without the hand-off cookie: %d %v", r.StatusCode, r.Cookies())
+	}
+	_, next = startOnApp()
+	attackers = codeFrom(follow(next))
+	victims, _ := startOnApp()
+	r = onHost("app.example.com", attackers, victims)
+	for _, c := range r.Cookies() {
+		if c.Name == h.gw.cookieName("corp") && c.MaxAge >= 0 {
+			t.Fatalf("a code issued to another browser set a session cookie")
+		}
+	}
+	if r.StatusCode != http.StatusBadRequest || !strings.Contains(h.logs.String(), "issued to another browser") {
+		t.Fatalf("code with another browser's cookie: %d\n%s", r.StatusCode, h.logs)
 	}
 }
 
