@@ -966,16 +966,13 @@ func (g *Gateway) signIn(w http.ResponseWriter, r *http.Request) {
 	}
 	if host := hostOnly(g.hostOf(r)); host != g.set.ExternalURL.Hostname() {
 		q := url.Values{"rd": {rd}, "provider": {p.cfg.Name}}
-		if strings.EqualFold(hostOnly(rdURL.Host), host) && !g.coveredByCookie(host) {
+		if hostOnly(rdURL.Host) == host && !g.coveredByCookie(host) {
 			// The session will come back to this host through a one-time
 			// hand-off code. A cookie set here, whose hash travels with the
 			// login, binds that code to this browser: a code someone else
 			// obtained (their own login) cannot sign this browser in as them.
 			binding := randomString(32)
-			http.SetCookie(w, &http.Cookie{
-				Name: g.handoffCookieName(), Value: binding, Path: "/oauth2/", MaxAge: int(g.set.LoginTimeout.Seconds()),
-				HttpOnly: true, Secure: g.schemeOf(r) == "https", SameSite: http.SameSiteLaxMode,
-			})
+			g.setLoginCookie(w, r, g.handoffCookieName(), binding)
 			q.Set("hb", hashString("handoff binding", binding))
 		}
 		u := *g.set.ExternalURL

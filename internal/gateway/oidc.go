@@ -130,12 +130,8 @@ func (g *Gateway) startLogin(w http.ResponseWriter, r *http.Request, p *oidcProv
 	} else {
 		binding = randomString(32)
 	}
-	// The binding cookie ties the callback to this browser (login CSRF);
-	// it goes only to /oauth2/ and lives as long as a login may take.
-	http.SetCookie(w, &http.Cookie{
-		Name: g.csrfCookieName(), Value: binding, Path: "/oauth2/", MaxAge: int(g.set.LoginTimeout.Seconds()),
-		HttpOnly: true, Secure: g.schemeOf(r) == "https", SameSite: http.SameSiteLaxMode,
-	})
+	// The binding cookie ties the callback to this browser (login CSRF).
+	g.setLoginCookie(w, r, g.csrfCookieName(), binding)
 	state, nonce, verifier := randomString(32), randomString(32), oauth2.GenerateVerifier()
 	ls := loginState{Provider: p.cfg.Name, Verifier: verifier, Nonce: nonce, RD: rd, Binding: hashString("binding", binding), HandoffBinding: handoffBinding, Started: g.now()}
 	b, _ := json.Marshal(ls)
@@ -194,7 +190,7 @@ func (g *Gateway) callback(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	bc, err := r.Cookie(g.csrfCookieName())
-	if err != nil || subtle.ConstantTimeCompare([]byte(hashString("binding", bc.Value)), []byte(ls.Binding)) != 1 {
+	if err != nil || !subtleEqual(hashString("binding", bc.Value), ls.Binding) {
 		g.loginFailed(w, r, ls.Provider, "state_not_bound", "the callback came without the browser binding cookie of the login it names (login CSRF?)", http.StatusForbidden)
 		return
 	}
@@ -560,7 +556,7 @@ func (g *Gateway) serveHandoff(w http.ResponseWriter, r *http.Request) {
 		fail("code for host " + t.Host + " used on " + hostOnly(g.hostOf(r)))
 		return
 	}
-	if !isHexDigest(t.Binding) || subtle.ConstantTimeCompare([]byte(hashString("handoff binding", bc.Value)), []byte(t.Binding)) != 1 {
+	if !subtleEqual(hashString("handoff binding", bc.Value), t.Binding) { // (an empty t.Binding never equals a hash)
 		fail("hand-off cookie does not match: the code was issued to another browser")
 		return
 	}

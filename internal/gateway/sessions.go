@@ -299,6 +299,15 @@ func (g *Gateway) setSessionCookie(w http.ResponseWriter, r *http.Request, provi
 	})
 }
 
+// setLoginCookie sends a host-only cookie that binds a login in flight to
+// this browser: only /oauth2/ gets it, for as long as a login may take.
+func (g *Gateway) setLoginCookie(w http.ResponseWriter, r *http.Request, name, value string) {
+	http.SetCookie(w, &http.Cookie{
+		Name: name, Value: value, Path: "/oauth2/", MaxAge: int(g.set.LoginTimeout.Seconds()),
+		HttpOnly: true, Secure: g.schemeOf(r) == "https", SameSite: http.SameSiteLaxMode,
+	})
+}
+
 func (g *Gateway) clearCookie(w http.ResponseWriter, r *http.Request, name, path string) {
 	http.SetCookie(w, &http.Cookie{
 		Name: name, Value: "", Path: path, Domain: g.cookieDomainFor(r), MaxAge: -1,
