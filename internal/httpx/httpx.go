@@ -1,8 +1,8 @@
 // Package httpx holds the HTTP pieces the sidecar proxy and the access
 // gateway share on their request paths: a response writer that records
 // the status, a buffer pool for httputil.ReverseProxy, the protocol
-// upgrade rule, and identity-header matching that a client cannot dodge
-// with underscores.
+// upgrade rule, the hop-by-hop header rule, and identity-header matching
+// that a client cannot dodge with underscores.
 package httpx
 
 import (
@@ -10,6 +10,8 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // StatusWriter records the response code. Unwrap lets
@@ -108,4 +110,32 @@ func CanonicalName(k string) string {
 		return k // net/http already canonicalized it
 	}
 	return http.CanonicalHeaderKey(strings.ReplaceAll(k, "_", "-"))
+}
+
+// hopHeaders are the connection's, not the message's (RFC 9110 7.6.1).
+var hopHeaders = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
+
+// RemoveHopHeaders drops hop-by-hop headers and those Connection names;
+// for an upgrade handshake the upgrade itself is kept. "Te: trailers"
+// stays, as httputil.ReverseProxy keeps it: gRPC servers require it.
+func RemoveHopHeaders(h http.Header, keepUpgrade bool) {
+	upgrade := h["Upgrade"]
+	trailers := httpguts.HeaderValuesContainsToken(h["Te"], "trailers")
+	for _, v := range h["Connection"] {
+		for _, name := range strings.Split(v, ",") {
+			if name = strings.TrimSpace(name); name != "" {
+				delete(h, http.CanonicalHeaderKey(name))
+			}
+		}
+	}
+	for _, k := range hopHeaders {
+		delete(h, k)
+	}
+	if keepUpgrade {
+		h["Connection"] = []string{"Upgrade"}
+		h["Upgrade"] = upgrade
+	}
+	if trailers {
+		h["Te"] = []string{"trailers"}
+	}
 }

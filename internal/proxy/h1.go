@@ -29,9 +29,10 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
+	"github.com/trustmesh/trustmesh/internal/httpx"
+	"github.com/trustmesh/trustmesh/internal/upstream"
 	"golang.org/x/net/http/httpguts"
 )
 
@@ -61,7 +62,7 @@ type h1Forwarder struct {
 	p    *Proxy
 	side h1Side
 	dial func(ctx context.Context) (net.Conn, error)
-	pool upstreamPool
+	pool upstream.Pool
 	live h1Conns
 }
 
@@ -185,7 +186,7 @@ func (f *h1Forwarder) exchange(c net.Conn, br *bufio.Reader, bw *bufio.Writer, x
 	// httputil.ReverseProxy removes them before its Rewrite: a client's
 	// "Connection: X-Forwarded-Client-Cert" must not take away a header the
 	// proxy sets, and the policy decides what the upstream will get.
-	removeHopHeaders(req.Header, isUpgrade(req.Header))
+	httpx.RemoveHopHeaders(req.Header, isUpgrade(req.Header))
 	if status, body := f.side.prepare(x); status != 0 {
 		keep = keep && !hasBody // an unread body would be read as the next request
 		writeLocal(bw, status, body, keep)
@@ -224,7 +225,7 @@ func (f *h1Forwarder) exchange(c net.Conn, br *bufio.Reader, bw *bufio.Writer, x
 		}
 		// A switch the client did not ask for, or to another protocol:
 		// what follows on that connection is not HTTP we could frame.
-		f.pool.discard(up)
+		f.pool.Discard(up)
 		err = errors.New("101 Switching Protocols to " + strconv.Quote(strings.Join(resp.Header["Upgrade"], ",")) + " for a request that did not ask for it")
 	}
 	if err != nil {
@@ -241,7 +242,7 @@ func (f *h1Forwarder) exchange(c net.Conn, br *bufio.Reader, bw *bufio.Writer, x
 	if early {
 		keep = false
 	}
-	removeHopHeaders(resp.Header, false)
+	httpx.RemoveHopHeaders(resp.Header, false)
 	resp.ProtoMajor, resp.ProtoMinor, resp.Proto = 1, 1, "HTTP/1.1"
 	if !req.ProtoAtLeast(1, 1) {
 		// An HTTP/1.0 client: no chunked encoding; the body ends with the
@@ -251,20 +252,20 @@ func (f *h1Forwarder) exchange(c net.Conn, br *bufio.Reader, bw *bufio.Writer, x
 		keep = keep && resp.ContentLength >= 0
 	}
 	resp.Close = !keep
-	resp.Body = &flushBeforeBlock{ReadCloser: resp.Body, src: up.br, dst: bw, left: resp.ContentLength}
+	resp.Body = &flushBeforeBlock{ReadCloser: resp.Body, src: up.BR, dst: bw, left: resp.ContentLength}
 	err = resp.Write(writerOnly{bw})
 	f.side.finish(x, resp.StatusCode) // recorded before the client has the end of it
 	if err == nil {
 		err = bw.Flush()
 	}
 	if err != nil || upClose || early {
-		f.pool.discard(up)
+		f.pool.Discard(up)
 		if err == nil && early {
 			lingerClose(c, br)
 		}
 		return false
 	}
-	f.pool.put(up)
+	f.pool.Put(up)
 	return keep
 }
 
@@ -272,7 +273,7 @@ func (f *h1Forwarder) exchange(c net.Conn, br *bufio.Reader, bw *bufio.Writer, x
 // response, relaying interim 1xx responses (100 Continue, 103) to the
 // client. A pooled connection the upstream closed while idle is retried
 // once on a new one when the request can be replayed.
-func (f *h1Forwarder) roundTrip(ctx context.Context, req *http.Request, bw *bufio.Writer) (*http.Response, *upConn, error) {
+func (f *h1Forwarder) roundTrip(ctx context.Context, req *http.Request, bw *bufio.Writer) (*http.Response, *upstream.Conn, error) {
 	if fb, ok := req.Body.(*flushBeforeBlock); ok {
 		defer func() { fb.dst = nil }()
 	}
@@ -282,11 +283,11 @@ func (f *h1Forwarder) roundTrip(ctx context.Context, req *http.Request, bw *bufi
 			return nil, nil, err
 		}
 		if fb, ok := req.Body.(*flushBeforeBlock); ok {
-			fb.dst = up.bw // flush what we have before waiting for more of the body
+			fb.dst = up.BW // flush what we have before waiting for more of the body
 		}
-		err = req.Write(writerOnly{up.bw})
+		err = req.Write(writerOnly{up.BW})
 		if err == nil {
-			err = up.bw.Flush()
+			err = up.BW.Flush()
 		}
 		if err != nil && !clientBodyFailed(req) {
 			// An upstream may answer before it has read the whole body
@@ -299,30 +300,30 @@ func (f *h1Forwarder) roundTrip(ctx context.Context, req *http.Request, bw *bufi
 		// stale: the upstream closed the connection before reading or
 		// answering any of this request (a pooled connection it had
 		// timed out), so nothing of it was processed there.
-		stale := err != nil && staleConn(err)
+		stale := err != nil && upstream.Stale(err)
 		var resp *http.Response
 		for interim := 0; err == nil; interim++ {
-			if _, err = up.br.Peek(1); err != nil {
-				stale = resp == nil && staleConn(err)
+			if _, err = up.BR.Peek(1); err != nil {
+				stale = resp == nil && upstream.Stale(err)
 				break
 			}
-			if interim > maxInterimResponses {
+			if interim > upstream.MaxInterimResponses {
 				err = errors.New("too many 1xx responses")
 				break
 			}
-			up.lr.N = maxResponseHeadBytes
-			resp, err = http.ReadResponse(up.br, req)
-			if up.lr.N <= 0 && err != nil {
-				err = fmt.Errorf("response head over %d bytes", maxResponseHeadBytes)
+			up.LR.N = upstream.MaxResponseHeadBytes
+			resp, err = http.ReadResponse(up.BR, req)
+			if up.LR.N <= 0 && err != nil {
+				err = fmt.Errorf("response head over %d bytes", upstream.MaxResponseHeadBytes)
 			}
-			up.lr.N = math.MaxInt64
+			up.LR.N = math.MaxInt64
 			if err != nil || resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
 				break
 			}
 			if !req.ProtoAtLeast(1, 1) {
 				continue // no 1xx to an HTTP/1.0 client
 			}
-			removeHopHeaders(resp.Header, false)
+			httpx.RemoveHopHeaders(resp.Header, false)
 			if err = resp.Write(writerOnly{bw}); err == nil {
 				err = bw.Flush()
 			}
@@ -330,8 +331,8 @@ func (f *h1Forwarder) roundTrip(ctx context.Context, req *http.Request, bw *bufi
 		if err == nil {
 			return resp, up, nil
 		}
-		f.pool.discard(up)
-		if reused && attempt == 0 && stale && replayable(req) {
+		f.pool.Discard(up)
+		if reused && attempt == 0 && stale && upstream.Replayable(req) {
 			continue
 		}
 		return nil, nil, err
@@ -345,13 +346,13 @@ const earlyResponseWait = time.Second
 // readEarlyResponse reads the final response an upstream sent before it
 // stopped reading the request (1xx responses are dropped: the client is
 // owed no more of them). The connection is not reused after it.
-func readEarlyResponse(up *upConn, req *http.Request) (*http.Response, error) {
+func readEarlyResponse(up *upstream.Conn, req *http.Request) (*http.Response, error) {
 	_ = up.SetReadDeadline(time.Now().Add(earlyResponseWait))
 	defer func() { _ = up.SetReadDeadline(time.Time{}) }()
-	for interim := 0; interim <= maxInterimResponses; interim++ {
-		up.lr.N = maxResponseHeadBytes
-		resp, err := http.ReadResponse(up.br, req)
-		up.lr.N = math.MaxInt64
+	for interim := 0; interim <= upstream.MaxInterimResponses; interim++ {
+		up.LR.N = upstream.MaxResponseHeadBytes
+		resp, err := http.ReadResponse(up.BR, req)
+		up.LR.N = math.MaxInt64
 		if err != nil {
 			return nil, err
 		}
@@ -387,8 +388,8 @@ func lingerClose(c net.Conn, br *bufio.Reader) {
 }
 
 // tunnel relays a WebSocket connection after 101 Switching Protocols.
-func (f *h1Forwarder) tunnel(c net.Conn, br *bufio.Reader, bw *bufio.Writer, x *h1Exchange, resp *http.Response, up *upConn) bool {
-	defer f.pool.discard(up)
+func (f *h1Forwarder) tunnel(c net.Conn, br *bufio.Reader, bw *bufio.Writer, x *h1Exchange, resp *http.Response, up *upstream.Conn) bool {
+	defer f.pool.Discard(up)
 	resp.ProtoMajor, resp.ProtoMinor, resp.Proto = 1, 1, "HTTP/1.1"
 	err := resp.Write(writerOnly{bw})
 	f.side.finish(x, http.StatusSwitchingProtocols)
@@ -396,30 +397,29 @@ func (f *h1Forwarder) tunnel(c net.Conn, br *bufio.Reader, bw *bufio.Writer, x *
 		return false
 	}
 	_ = c.SetReadDeadline(time.Time{})
-	pipe(&bufferedConn{Conn: c, r: br}, &bufferedConn{Conn: up.Conn, r: up.br})
+	pipe(&bufferedConn{Conn: c, r: br}, &bufferedConn{Conn: up.Conn, r: up.BR})
 	return false
 }
 
 // get takes an idle upstream connection or dials one.
-func (f *h1Forwarder) get(ctx context.Context) (*upConn, bool, error) {
-	if up := f.pool.get(); up != nil {
+func (f *h1Forwarder) get(ctx context.Context) (*upstream.Conn, bool, error) {
+	if up := f.pool.Get(); up != nil {
 		return up, true, nil
 	}
 	c, err := f.dial(ctx)
 	if err != nil {
 		return nil, false, err
 	}
-	up := &upConn{Conn: c, lr: &io.LimitedReader{R: c, N: math.MaxInt64}, bw: bufio.NewWriterSize(c, 4<<10)}
-	up.br = bufio.NewReaderSize(up.lr, 4<<10)
-	f.pool.busyAdd(up)
+	up := upstream.NewConn(c)
+	f.pool.Add(up)
 	return up, false, nil
 }
 
 // shutdown lets in-flight requests finish until ctx ends, then closes the
 // client connections and the upstream ones they wait on.
 func (f *h1Forwarder) shutdown(ctx context.Context) {
-	f.live.shutdown(ctx, f.pool.closeBusy)
-	f.pool.closeAll()
+	f.live.shutdown(ctx, f.pool.CloseBusy)
+	f.pool.CloseAll()
 }
 
 // writeLocal answers a request here (a denial, a bad gateway), unflushed.
@@ -445,40 +445,6 @@ func writeErrorAndClose(bw *bufio.Writer, status int) {
 	_ = bw.Flush()
 }
 
-// hopHeaders are the connection's, not the message's (RFC 9110 7.6.1).
-var hopHeaders = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
-
-// Bounds on what an upstream may send before its final response head.
-const (
-	maxResponseHeadBytes = 1 << 20 // as http.Transport's MaxResponseHeaderBytes default
-	maxInterimResponses  = 16      // 1xx responses relayed for one request
-)
-
-// removeHopHeaders drops hop-by-hop headers and those Connection names;
-// for an upgrade handshake the upgrade itself is kept. "Te: trailers"
-// stays, as httputil.ReverseProxy keeps it: gRPC servers require it.
-func removeHopHeaders(h http.Header, keepUpgrade bool) {
-	upgrade := h["Upgrade"]
-	trailers := httpguts.HeaderValuesContainsToken(h["Te"], "trailers")
-	for _, v := range h["Connection"] {
-		for _, name := range strings.Split(v, ",") {
-			if name = strings.TrimSpace(name); name != "" {
-				delete(h, http.CanonicalHeaderKey(name))
-			}
-		}
-	}
-	for _, k := range hopHeaders {
-		delete(h, k)
-	}
-	if keepUpgrade {
-		h["Connection"] = []string{"Upgrade"}
-		h["Upgrade"] = upgrade
-	}
-	if trailers {
-		h["Te"] = []string{"trailers"}
-	}
-}
-
 // isWebSocket: a 101 response switching to WebSocket.
 func isWebSocket(h http.Header) bool {
 	return httpguts.HeaderValuesContainsToken(h["Upgrade"], "websocket") && httpguts.HeaderValuesContainsToken(h["Connection"], "Upgrade")
@@ -500,27 +466,6 @@ func bodyDone(req *http.Request) bool {
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()
-}
-
-// replayable: req may be sent again after a pooled connection failed,
-// as http.Transport decides it: no body, and a method that is
-// idempotent (or an Idempotency-Key saying so).
-func replayable(req *http.Request) bool {
-	if req.Body != nil && req.Body != http.NoBody {
-		return false
-	}
-	switch req.Method {
-	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
-		return true
-	}
-	_, key := req.Header["Idempotency-Key"]
-	_, xkey := req.Header["X-Idempotency-Key"]
-	return key || xkey
-}
-
-// staleConn: the upstream closed a pooled connection before answering.
-func staleConn(err error) bool {
-	return errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
 // flushBeforeBlock flushes dst before a read of src would have to wait
@@ -622,105 +567,6 @@ func (c *bufferedConn) CloseWrite() error {
 		return cw.CloseWrite()
 	}
 	return nil
-}
-
-// upConn is a connection to the upstream with its buffers; br reads
-// through lr, whose limit bounds a response head.
-type upConn struct {
-	net.Conn
-	lr   *io.LimitedReader
-	br   *bufio.Reader
-	bw   *bufio.Writer
-	idle time.Time
-}
-
-// upstreamPool keeps idle upstream connections for reuse, and knows the
-// busy ones so that shutdown can close those its deadline cuts off.
-type upstreamPool struct {
-	mu     sync.Mutex
-	idle   []*upConn
-	busy   map[*upConn]struct{}
-	closed bool
-}
-
-const (
-	maxIdleUpstream     = 1024
-	upstreamIdleTimeout = 90 * time.Second
-)
-
-// get takes the most recently used idle connection that is still usable
-// (see idleConnUsable), marking it busy.
-func (p *upstreamPool) get() *upConn {
-	for {
-		p.mu.Lock()
-		n := len(p.idle)
-		if n == 0 {
-			p.mu.Unlock()
-			return nil
-		}
-		up := p.idle[n-1]
-		p.idle = p.idle[:n-1]
-		p.mu.Unlock()
-		if time.Since(up.idle) < upstreamIdleTimeout && idleConnUsable(up.Conn) {
-			p.busyAdd(up)
-			return up
-		}
-		up.Close()
-	}
-}
-
-func (p *upstreamPool) busyAdd(up *upConn) {
-	p.mu.Lock()
-	if p.busy == nil {
-		p.busy = map[*upConn]struct{}{}
-	}
-	p.busy[up] = struct{}{}
-	p.mu.Unlock()
-}
-
-// put returns a connection whose exchange ended cleanly. One with bytes
-// already buffered past the response is not reused: they are no answer
-// to any request the next client will send.
-func (p *upstreamPool) put(up *upConn) {
-	up.idle = time.Now()
-	p.mu.Lock()
-	delete(p.busy, up)
-	if !p.closed && len(p.idle) < maxIdleUpstream && up.br.Buffered() == 0 {
-		p.idle = append(p.idle, up)
-		up = nil
-	}
-	p.mu.Unlock()
-	if up != nil {
-		up.Close()
-	}
-}
-
-// discard closes a busy connection that cannot be reused.
-func (p *upstreamPool) discard(up *upConn) {
-	p.mu.Lock()
-	delete(p.busy, up)
-	p.mu.Unlock()
-	up.Close()
-}
-
-// closeBusy closes the connections exchanges are using, which wakes any
-// that waits on its upstream.
-func (p *upstreamPool) closeBusy() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for up := range p.busy {
-		up.Close()
-	}
-}
-
-func (p *upstreamPool) closeAll() {
-	p.mu.Lock()
-	idle := p.idle
-	p.idle, p.closed = nil, true
-	p.mu.Unlock()
-	for _, up := range idle {
-		up.Close()
-	}
 }
 
 // h1Conns tracks a listener's HTTP/1.1 client connections for graceful

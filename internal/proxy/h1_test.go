@@ -9,11 +9,12 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/trustmesh/trustmesh/internal/upstream"
 )
 
 // The HTTP/1.1 path's mechanics, with a recording h1Side in place of the
@@ -651,9 +652,7 @@ func TestH1StrayUpstreamBytesNotGivenToNextClient(t *testing.T) {
 			}
 			if tc.later {
 				waitFor(t, 10*time.Second, "the connection pooled", func() bool {
-					f.pool.mu.Lock()
-					defer f.pool.mu.Unlock()
-					return len(f.pool.idle) == 1
+					return f.pool.Idle() == 1
 				})
 				close(pooled)
 			}
@@ -746,14 +745,14 @@ func TestH1UpstreamResponseHeadLimits(t *testing.T) {
 			case "/big-head":
 				fmt.Fprint(c, "HTTP/1.1 200 OK\r\n")
 				line := "X-Filler: " + strings.Repeat("a", 1000) + "\r\n"
-				for i := 0; i < 2*maxResponseHeadBytes/len(line); i++ {
+				for i := 0; i < 2*upstream.MaxResponseHeadBytes/len(line); i++ {
 					if _, err := io.WriteString(c, line); err != nil {
 						return
 					}
 				}
 				fmt.Fprint(c, "Content-Length: 0\r\n\r\n")
 			case "/many-1xx":
-				for i := 0; i < 4*maxInterimResponses; i++ {
+				for i := 0; i < 4*upstream.MaxInterimResponses; i++ {
 					fmt.Fprint(c, "HTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\n")
 				}
 				fmt.Fprint(c, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
@@ -811,80 +810,6 @@ func TestH1ShutdownDeadlineCutsOffHungUpstream(t *testing.T) {
 	if _, err := br.ReadByte(); err == nil {
 		t.Fatal("the client connection got an answer instead of being closed")
 	}
-}
-
-// BenchmarkIdleConnUsable: the check each reuse of a pooled upstream
-// connection pays (go test -bench IdleConnUsable ./internal/proxy).
-func BenchmarkIdleConnUsable(b *testing.B) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err == nil {
-			accepted <- c
-		}
-		close(accepted)
-	}()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer c.Close()
-	if peer := <-accepted; peer != nil {
-		defer peer.Close()
-	}
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		if !idleConnUsable(c) {
-			b.Fatal("an idle, open connection reported unusable")
-		}
-	}
-}
-
-func TestIdleConnUsable(t *testing.T) {
-	if runtime.GOOS != "linux" {
-		t.Skip("the MSG_PEEK check is Linux's; elsewhere every pooled connection counts as usable")
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, _ := ln.Accept()
-		accepted <- c
-	}()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	peer := <-accepted
-	if peer == nil {
-		t.Fatal("accept failed")
-	}
-	if !idleConnUsable(c) {
-		t.Fatal("idle open connection: unusable")
-	}
-	if _, err := peer.Write([]byte("x")); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, 5*time.Second, "stray byte seen", func() bool { return !idleConnUsable(c) })
-	// The byte is still there for a reader: the check only peeks.
-	buf := make([]byte, 1)
-	if _, err := io.ReadFull(c, buf); err != nil || buf[0] != 'x' {
-		t.Fatalf("after the check: %q %v", buf, err)
-	}
-	if !idleConnUsable(c) {
-		t.Fatal("after reading the stray byte: unusable")
-	}
-	peer.Close()
-	waitFor(t, 5*time.Second, "EOF seen", func() bool { return !idleConnUsable(c) })
 }
 
 // A slow upload's head and its first part reach the upstream while the

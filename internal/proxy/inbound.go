@@ -331,7 +331,7 @@ func (in *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	var rec decisionRecord
 	// As on the HTTP/1.1 path: the policy sees the request without its
 	// hop-by-hop headers (httputil.ReverseProxy drops them again, harmlessly).
-	removeHopHeaders(r.Header, isUpgrade(r.Header))
+	httpx.RemoveHopHeaders(r.Header, isUpgrade(r.Header))
 	if status, body := in.authorize(r.Context(), r, connInfoOf(r), &rec); status != 0 {
 		w.Header().Set("Content-Type", "text/plain")
 		w.Header().Set("X-Content-Type-Options", "nosniff")

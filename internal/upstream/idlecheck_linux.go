@@ -1,4 +1,4 @@
-package proxy
+package upstream
 
 import (
 	"crypto/tls"
@@ -9,7 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// idleConnUsable: a pooled upstream connection has nothing to read. Bytes
+// IdleConnUsable: a pooled upstream connection has nothing to read. Bytes
 // an upstream sent while the connection sat idle would otherwise be read
 // as the next client's response (http.Transport's readLoop calls them an
 // "unsolicited response" and drops the connection), and an EOF means the
@@ -18,7 +18,7 @@ import (
 // "would block" discards the connection, which at worst costs a new dial
 // (on a TLS connection a late post-handshake message such as a KeyUpdate
 // reads as data too).
-func idleConnUsable(c net.Conn) bool {
+func IdleConnUsable(c net.Conn) bool {
 	if tc, ok := c.(*tls.Conn); ok {
 		c = tc.NetConn()
 	}
