@@ -87,6 +87,7 @@ type route struct {
 	Route
 	checks []Check
 	proxy  *httputil.ReverseProxy
+	fast   *forwarder // body-less requests to a plain-HTTP/1.1 upstream; nil for h2c and https
 }
 
 // New prepares a gateway; Run starts it.
@@ -197,6 +198,9 @@ func (g *Gateway) init(ctx context.Context) error {
 			if rt.proxy, err = g.newProxy(rt); err != nil {
 				return err
 			}
+			if rt.Upstream.Scheme == "http" && !rt.H2C {
+				rt.fast = newForwarder(g, rt)
+			}
 		}
 		g.routes = append(g.routes, rt)
 	}
@@ -305,6 +309,11 @@ func (g *Gateway) Run(ctx context.Context) error {
 		sctx, cancel := context.WithTimeout(context.Background(), g.set.ShutdownTimeout)
 		defer cancel()
 		_ = srv.Shutdown(sctx)
+		for _, rt := range g.routes {
+			if rt.fast != nil {
+				rt.fast.pool.CloseAll()
+			}
+		}
 		return nil
 	})
 	if g.metricsLn != nil {
@@ -824,7 +833,6 @@ func (g *Gateway) serveProxy(w http.ResponseWriter, r *http.Request) {
 	if g.set.MaxBodyBytes > 0 && r.Body != nil && r.Body != http.NoBody {
 		r.Body = http.MaxBytesReader(w, r.Body, g.set.MaxBodyBytes)
 	}
-	r = r.WithContext(context.WithValue(r.Context(), identityKey{}, d.auth.id))
 	// An upgrade other than WebSocket would be a tunnel past per-request
 	// checks (h2c is dropped and the request served as HTTP/1.1).
 	if err := httpx.CheckUpgrade(r.Header); err != nil {
@@ -834,7 +842,15 @@ func (g *Gateway) serveProxy(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	sw := &httpx.StatusWriter{ResponseWriter: w}
-	rt.proxy.ServeHTTP(sw, r)
+	if rt.fast.takes(r) {
+		err := rt.fast.serve(sw, r, d.auth.id)
+		g.record(d, "proxy", rt.Name, sw.Code(), start, r)
+		if err != nil {
+			panic(http.ErrAbortHandler) // the client must see the response break off
+		}
+		return
+	}
+	rt.proxy.ServeHTTP(sw, r.WithContext(context.WithValue(r.Context(), identityKey{}, d.auth.id)))
 	g.record(d, "proxy", rt.Name, sw.Code(), start, r)
 }
 
@@ -878,42 +894,54 @@ func (g *Gateway) newProxy(rt *route) (*httputil.ReverseProxy, error) {
 			tr.TLSClientConfig.RootCAs = pool
 		}
 	}
-	upstream := rt.Upstream
 	return &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.SetURL(upstream)
-			if rt.PreserveHost {
-				pr.Out.Host = pr.In.Host
-			}
-			pr.SetXForwarded()
-			if g.fromTrustedProxy(pr.In) {
-				if xff := pr.In.Header.Values("X-Forwarded-For"); len(xff) > 0 {
-					pr.Out.Header["X-Forwarded-For"] = append(xff[:len(xff):len(xff)], g.clientIP(pr.In).String())
-				}
-			}
-			pr.Out.Header.Set("X-Forwarded-Proto", g.schemeOf(pr.In))
-			stripIdentityHeaders(pr.Out.Header)
-			g.stripOurCookies(pr.Out.Header)
-			if id, ok := pr.In.Context().Value(identityKey{}).(*Identity); ok && id != nil {
-				g.identityHeaders(pr.Out.Header, id, hostOnly(pr.In.Host))
-			}
+			id, _ := pr.In.Context().Value(identityKey{}).(*Identity)
+			g.rewriteOut(rt, pr, id)
 		},
-		Transport:  tr,
-		BufferPool: httpx.BufferPool{},
-		ErrorLog:   slog.NewLogLogger(g.log.Handler(), slog.LevelDebug),
-		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			g.metrics.upstreamErrors.WithLabelValues(rt.Name).Inc()
-			var mbe *http.MaxBytesError
-			if errors.As(err, &mbe) {
-				g.errorPage(w, http.StatusRequestEntityTooLarge, "Request too large", "The request body is over the limit.")
-				return
-			}
-			if !errors.Is(err, context.Canceled) {
-				g.log.Warn("upstream unreachable", "route", rt.Name, "upstream", upstream.Host, "err", err)
-			}
-			g.errorPage(w, http.StatusBadGateway, "Upstream unavailable", "The application did not answer. Try again shortly.")
-		},
+		Transport:    tr,
+		BufferPool:   httpx.BufferPool{},
+		ErrorLog:     slog.NewLogLogger(g.log.Handler(), slog.LevelDebug),
+		ErrorHandler: func(w http.ResponseWriter, _ *http.Request, err error) { g.upstreamFailed(w, rt, err) },
 	}, nil
+}
+
+// rewriteOut makes the upstream request from the client's, on both
+// forwarding paths: the route's upstream, X-Forwarded-*, no identity
+// header or gateway cookie of the client's, and the caller's identity
+// (id, nil for none) as headers and a signed assertion.
+func (g *Gateway) rewriteOut(rt *route, pr *httputil.ProxyRequest, id *Identity) {
+	pr.SetURL(rt.Upstream)
+	if rt.PreserveHost {
+		pr.Out.Host = pr.In.Host
+	}
+	pr.SetXForwarded()
+	if g.fromTrustedProxy(pr.In) {
+		if xff := pr.In.Header.Values("X-Forwarded-For"); len(xff) > 0 {
+			pr.Out.Header["X-Forwarded-For"] = append(xff[:len(xff):len(xff)], g.clientIP(pr.In).String())
+		}
+	}
+	pr.Out.Header.Set("X-Forwarded-Proto", g.schemeOf(pr.In))
+	stripIdentityHeaders(pr.Out.Header)
+	g.stripOurCookies(pr.Out.Header)
+	if id != nil {
+		g.identityHeaders(pr.Out.Header, id, hostOnly(pr.In.Host))
+	}
+}
+
+// upstreamFailed answers a request whose upstream could not be reached
+// (or refused its body as too large).
+func (g *Gateway) upstreamFailed(w http.ResponseWriter, rt *route, err error) {
+	g.metrics.upstreamErrors.WithLabelValues(rt.Name).Inc()
+	var mbe *http.MaxBytesError
+	if errors.As(err, &mbe) {
+		g.errorPage(w, http.StatusRequestEntityTooLarge, "Request too large", "The request body is over the limit.")
+		return
+	}
+	if !errors.Is(err, context.Canceled) {
+		g.log.Warn("upstream unreachable", "route", rt.Name, "upstream", rt.Upstream.Host, "err", err)
+	}
+	g.errorPage(w, http.StatusBadGateway, "Upstream unavailable", "The application did not answer. Try again shortly.")
 }
 
 // providerFor picks the identity provider for a login: the rd's route's,
