@@ -84,3 +84,32 @@ func TestKeyFile(t *testing.T) {
 		t.Fatal("a world-readable key file must be refused")
 	}
 }
+
+// Claim sets that differ get different cache keys, however their strings
+// split (a cached assertion must never answer for another identity).
+func TestCacheKeyDistinguishes(t *testing.T) {
+	sets := []struct {
+		c   Claims
+		aud string
+	}{
+		{Claims{Subject: "a"}, "h"},
+		{Claims{User: "a"}, "h"},
+		{Claims{Subject: "a", Groups: []string{"x,y"}}, "h"},
+		{Claims{Subject: "a", Groups: []string{"x", "y"}}, "h"},
+		{Claims{Subject: "a", Groups: []string{"x"}}, "h"},
+		{Claims{Subject: "a;1:b"}, "h"},
+		{Claims{Subject: "a", User: "b"}, "h"},
+		{Claims{Subject: "a"}, "h2"},
+	}
+	seen := map[string]int{}
+	for i, s := range sets {
+		k := cacheKey(s.c, s.aud)
+		if j, dup := seen[k]; dup {
+			t.Fatalf("sets %d and %d share a cache key", j, i)
+		}
+		seen[k] = i
+		if cacheKey(s.c, s.aud) != k {
+			t.Fatalf("set %d: the key is not stable", i)
+		}
+	}
+}
