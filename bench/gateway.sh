@@ -208,23 +208,32 @@ TOKEN=$(sed -n 2p "$work/creds")
 curl -fsS -o /dev/null -H "Cookie: _trustmesh_session=$COOKIE" "http://$GW_ADDR/" || { echo "session request failed" >&2; exit 1; }
 curl -fsS -o /dev/null -H "Authorization: Bearer $TOKEN" "http://$GW_ADDR/" || { echo "bearer request failed" >&2; exit 1; }
 
-# The gateway's CPU time (user + system, clock ticks) so far.
-gw_ticks() { awk '{print $14 + $15}' "/proc/$GW_PID/stat"; }
+# CPU time (user + system, clock ticks) so far of the processes that do a
+# setup's proxying: the gateway's; nginx's master and workers.
+NGINX_PIDS=()
+ticks() { # setup name
+  case $1 in
+    session | bearer) awk '{print $14 + $15}' "/proc/$GW_PID/stat" ;;
+    nginx) cat $(printf '/proc/%s/stat ' "${NGINX_PIDS[@]}") | awk '{t += $14 + $15} END {print t}' ;;
+    *) echo 0 ;;
+  esac
+}
 TICK=$(getconf CLK_TCK)
 # wrk prints Requests/sec and, with --latency, the 99% line. Also printed:
-# the gateway's CPU time per request in microseconds (0 for direct), which
-# varies less than requests/s on a shared machine.
+# the proxying processes' CPU time per request in microseconds (the
+# gateway's; nginx's master and workers; 0 for direct), which varies less
+# than requests/s on a shared machine.
 measure() { # name duration args...
   local name=$1 d=$2; shift 2
   local out t0 t1
-  t0=$(gw_ticks)
+  t0=$(ticks "$name")
   out=$(wrk -t"$THREADS" -c"$CONNS" -d"${d}s" --latency "$@")
-  t1=$(gw_ticks)
+  t1=$(ticks "$name")
   local rps p99 n cpu
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   n=$(awk '/requests in/ {print $1}' <<<"$out")
   cpu=0
-  [ "$name" = direct ] || [ "$name" = nginx ] || cpu=$(awk -v a="$t0" -v b="$t1" -v n="$n" -v hz="$TICK" 'BEGIN {printf "%.1f", (b - a) / hz * 1e6 / n}')
+  [ "$name" = direct ] || cpu=$(awk -v a="$t0" -v b="$t1" -v n="$n" -v hz="$TICK" 'BEGIN {printf "%.1f", (b - a) / hz * 1e6 / n}')
   p99=$(awk '$1 == "99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v=v*1000}; print v}' <<<"$out")
   local errs
   errs=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out")
@@ -254,6 +263,7 @@ NGINX
   pids+=($!)
   for _ in $(seq 1 100); do curl -fsS -o /dev/null "http://$NGINX_ADDR/" 2>/dev/null && break; sleep 0.05; done
   curl -fsS -o /dev/null "http://$NGINX_ADDR/" || { cat "$work/nginx/stderr" "$work/nginx/error.log" >&2; exit 1; }
+  NGINX_PIDS=("${pids[-1]}" $(pgrep -P "${pids[-1]}"))
 fi
 direct=(http://$BACKEND_ADDR/)
 ngx=(http://$NGINX_ADDR/)
@@ -307,7 +317,7 @@ function median(arr, name, k,   i, j, t, v) {
 }
 END {
   dr = median(rps, "direct", n["direct"]); dp = median(p99, "direct", n["direct"])
-  printf "%-10s %12s %10s %10s %12s %14s\n", "setup", "requests/s", "p99 ms", "x direct", "added p99", "gw CPU us/req"
+  printf "%-10s %12s %10s %10s %12s %14s\n", "setup", "requests/s", "p99 ms", "x direct", "added p99", "proxy CPU us/req"
   printf "%-10s %12.0f %10.2f %10s %12s %14s\n", "direct", dr, dp, "1.00", "-", "-"
   split("session bearer", names, " ")
   for (i = 1; i <= 2; i++) {
@@ -315,8 +325,8 @@ END {
     printf "%-10s %12.0f %10.2f %10.2f %9.2f ms %14.1f\n", s, r, p, r / dr, p - dp, c
   }
   if (n["nginx"] > 0) {
-    r = median(rps, "nginx", n["nginx"]); p = median(p99, "nginx", n["nginx"])
-    printf "%-10s %12.0f %10.2f %10.2f %9.2f ms %14s   (reference: plain nginx reverse proxy, no auth)\n", "nginx", r, p, r / dr, p - dp, "-"
+    r = median(rps, "nginx", n["nginx"]); p = median(p99, "nginx", n["nginx"]); c = median(cpu, "nginx", n["nginx"])
+    printf "%-10s %12.0f %10.2f %10.2f %9.2f ms %14.1f   (reference: plain nginx reverse proxy, no auth)\n", "nginx", r, p, r / dr, p - dp, c
   }
   printf "\nTargets: >= 0.50x direct throughput, added p99 <= 1 ms.\n"
 }' "$results"
