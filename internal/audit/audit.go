@@ -11,6 +11,8 @@ import (
 	"os"
 	"path/filepath"
 	"sync/atomic"
+
+	"github.com/trustmesh/trustmesh/internal/auditfile"
 )
 
 // Outcomes.
@@ -58,14 +60,15 @@ func New(w io.Writer) *Logger {
 	})}
 }
 
-// Open appends to the file at path (created 0600 with its directory 0700).
-func Open(path string) (*Logger, io.Closer, error) {
+// Open appends to the file at path (created 0600 with its directory
+// 0700); the file can be reopened for log rotation (auditfile).
+func Open(path string) (*Logger, *auditfile.File, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, nil, fmt.Errorf("create audit log directory: %w", err)
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	f, err := auditfile.Open(path)
 	if err != nil {
-		return nil, nil, fmt.Errorf("open audit log: %w", err)
+		return nil, nil, err
 	}
 	return New(f), f, nil
 }

@@ -72,7 +72,8 @@ X-Trustmesh-Jwt-Assertion; identity headers a client sends are removed.
 nginx's auth_request asks GET /oauth2/auth: 202 with the identity headers,
 401 unauthenticated, 403 refused (oauth2-proxy's conventions).
 
-Every decision is a JSON line in the audit log, in the proxy's format.
+Every decision is a JSON line in the audit log, in the proxy's format;
+SIGUSR1 reopens the audit log file (rotation: rename it, then signal).
 SIGTERM drains in-flight requests.`,
 		Example: `  trustmesh gateway run --config examples/gateway/gateway.yaml
 

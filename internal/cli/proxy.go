@@ -140,7 +140,8 @@ STRICT refuses plaintext, PERMISSIVE serves it as unauthenticated.
 Outbound (application → mTLS): a local plaintext listener; the proxy connects
 to the upstream proxy with its SVID and accepts only the SPIFFE IDs given.
 
-Every decision is a JSON line in the audit log. Policy files are watched and
+Every decision is a JSON line in the audit log; SIGUSR1 reopens the audit
+log file (rotation: rename it, then signal). Policy files are watched and
 reloaded atomically; a change that does not compile is refused. With no
 policy at all, every request is denied. SIGTERM drains in-flight requests.`,
 		Example: `  # The API's sidecar: mTLS on :8443 in front of the app on :8080

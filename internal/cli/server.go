@@ -79,7 +79,8 @@ func newServerRunCmd() *cobra.Command {
 automatically), the registration and agent registry in SQLite or PostgreSQL,
 the admin API on a local unix socket (mode 0600), and the agent and remote
 admin APIs over mTLS on --listen. Several servers may share one PostgreSQL
-database. Stops cleanly on SIGINT/SIGTERM.`,
+database. SIGUSR1 reopens the audit log file (rotation: rename it, then
+signal). Stops cleanly on SIGINT/SIGTERM.`,
 		Example: `  # Embedded datastore in ./.trustmesh/server
   trustmesh server run --trust-domain example.org
 

@@ -33,6 +33,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/trustmesh/trustmesh/internal/auditfile"
 	"github.com/trustmesh/trustmesh/internal/gateway/assertion"
 	"github.com/trustmesh/trustmesh/internal/gateway/bearer"
 	"github.com/trustmesh/trustmesh/internal/gateway/session"
@@ -71,6 +72,7 @@ type Gateway struct {
 	signer          *assertion.Signer
 	routes          []*route
 	audit           *auditLog
+	auditFile       *auditfile.File
 	metrics         *metrics
 	refreshes       singleflight.Group
 	decodedSessions decodedCache
@@ -151,15 +153,13 @@ func CompilePolicies(ctx context.Context, set Settings) (map[string]*policy.Set,
 
 // init builds everything but the listeners.
 func (g *Gateway) init(ctx context.Context) error {
-	var auditW io.Writer = os.Stdout
-	if f := g.set.AuditLog; f != "" && f != "-" {
-		af, err := os.OpenFile(f, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
-		if err != nil {
-			return fmt.Errorf("open audit log: %w", err)
-		}
-		auditW = af
+	af, err := auditfile.Open(g.set.AuditLog)
+	if err != nil {
+		return err
 	}
-	g.audit = &auditLog{w: auditW, log: g.log, now: g.now}
+	af.ReopenOnSignal(ctx, g.log) // log rotation: rename, then SIGUSR1
+	g.auditFile = af
+	g.audit = &auditLog{w: af, log: g.log, now: g.now}
 	g.metrics = newMetrics(g.audit.failed.Load)
 
 	policies, err := CompilePolicies(ctx, g.set)
@@ -254,9 +254,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 		return err
 	}
 	defer g.store.Close()
-	if c, ok := g.audit.w.(io.Closer); ok && g.audit.w != os.Stdout {
-		defer c.Close()
-	}
+	defer g.auditFile.Close()
 	ln := g.opts.Listener
 	if ln == nil {
 		var err error

@@ -12,7 +12,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"log/slog"
 	"net"
@@ -26,6 +25,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/trustmesh/trustmesh/internal/auditfile"
 	"github.com/trustmesh/trustmesh/internal/memtrim"
 	"github.com/trustmesh/trustmesh/internal/policy"
 	"github.com/trustmesh/trustmesh/internal/telemetry"
@@ -119,16 +119,13 @@ func (p *Proxy) opened(c net.Conn, direction, name string) net.Conn {
 // Run serves until ctx ends, then drains in-flight requests for up to the
 // shutdown timeout.
 func (p *Proxy) Run(ctx context.Context) error {
-	var auditW io.Writer = os.Stdout
-	if f := p.set.AuditLog; f != "" && f != "-" {
-		af, err := os.OpenFile(f, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
-		if err != nil {
-			return fmt.Errorf("open audit log: %w", err)
-		}
-		defer af.Close()
-		auditW = af
+	af, err := auditfile.Open(p.set.AuditLog)
+	if err != nil {
+		return err
 	}
-	p.audit = newAuditLog(auditW, p.log)
+	defer af.Close()
+	af.ReopenOnSignal(ctx, p.log) // log rotation: rename, then SIGUSR1
+	p.audit = newAuditLog(af, p.log)
 	defer p.audit.close() // before the file closes: writes what is buffered
 
 	p.log.Info("waiting for an SVID from the Workload API", "socket", p.set.Socket, "svid_id", idOrDefault(p.set.SVIDID))

@@ -84,7 +84,7 @@ func (s *Server) Run(ctx context.Context) error {
 		return err
 	}
 	defer unlock()
-	closeAudit, err := s.openAudit()
+	closeAudit, err := s.openAudit(ctx)
 	if err != nil {
 		return err
 	}
@@ -193,17 +193,18 @@ func addrString(a net.Addr) string {
 	return a.String()
 }
 
-func (s *Server) openAudit() (io.Closer, error) {
+func (s *Server) openAudit(ctx context.Context) (io.Closer, error) {
 	if s.set.AuditLog == "-" {
 		s.audit = audit.New(os.Stderr)
 		return io.NopCloser(nil), nil
 	}
-	l, c, err := audit.Open(s.set.AuditLog)
+	l, f, err := audit.Open(s.set.AuditLog)
 	if err != nil {
 		return nil, err
 	}
+	f.ReopenOnSignal(ctx, s.log) // log rotation: rename, then SIGUSR1
 	s.audit = l
-	return c, nil
+	return f, nil
 }
 
 func (s *Server) startCA(ctx context.Context) error {
