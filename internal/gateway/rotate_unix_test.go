@@ -26,7 +26,7 @@ func TestAuditLogReopenedOnSIGUSR1(t *testing.T) {
 	waitFor(t, "the audit log reopened", func() bool { _, err := os.Stat(h.audit); return err == nil })
 	h.bearerGet("/after", tok, nil).Body.Close()
 	waitFor(t, "the record after rotation", func() bool { return strings.Contains(readFile(t, h.audit), `"path":"/after"`) })
-	if old := readFile(t, h.audit + ".1"); !strings.Contains(old, `"path":"/before"`) || strings.Contains(old, `"path":"/after"`) {
+	if old := readFile(t, h.audit+".1"); !strings.Contains(old, `"path":"/before"`) || strings.Contains(old, `"path":"/after"`) {
 		t.Fatalf("rotated file: %s", old)
 	}
 	if fi, err := os.Stat(h.audit); err != nil || fi.Mode().Perm() != 0o600 {
