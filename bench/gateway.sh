@@ -151,6 +151,7 @@ import (
 	"syscall"
 
 	"github.com/trustmesh/trustmesh/internal/gateway"
+	"github.com/trustmesh/trustmesh/internal/gctune"
 )
 
 func main() {
@@ -165,6 +166,7 @@ func main() {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lv}))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	gctune.Start(ctx, 32<<20) // as `gateway run` (gatewayGCHeadroom in internal/cli)
 	if err := gateway.New(set, log, gateway.Options{}).Run(ctx); err != nil {
 		panic(err)
 	}
