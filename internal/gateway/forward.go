@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"os"
 	"strings"
 	"time"
 
@@ -18,7 +19,8 @@ import (
 )
 
 // forwarder is a route's fast path to a plain-HTTP/1.1 upstream: the
-// requests most traffic is made of (no body, no upgrade) are written to a
+// HTTP/1.1 requests most traffic is made of (no body, no upgrade; an
+// HTTP/2 request always has a body reader, so it never qualifies) are written to a
 // pooled upstream connection and their response read back on the
 // handler's own goroutine, as the proxy's HTTP/1.1 path does
 // (internal/upstream, imported as upconn). http.Transport would hand each
@@ -81,6 +83,8 @@ func (f *forwarder) serve(w http.ResponseWriter, in *http.Request, id *Identity)
 		f.g.upstreamFailed(w, f.rt, err)
 		return nil
 	}
+	reusable := false
+	defer func() { up.release(reusable) }() // (a panic included: never left busy)
 	// Once the head is read the upstream's pace is the client's: no
 	// deadline, as http.Transport has none on a body. A client that goes
 	// away ends the wait (the AfterFunc in roundTrip).
@@ -102,9 +106,15 @@ func (f *forwarder) serve(w http.ResponseWriter, in *http.Request, id *Identity)
 	}
 	w.WriteHeader(resp.StatusCode)
 	err = f.copyBody(w, resp, up)
-	up.release(err == nil && !resp.Close)
+	if err == nil && len(resp.Trailer) > 0 {
+		// Trailers the upstream did not announce are sent only by a
+		// chunked response: flushing now commits to one, as ReverseProxy
+		// does (a response still unflushed would get a Content-Length).
+		err = http.NewResponseController(w).Flush()
+	}
+	reusable = err == nil && !resp.Close
 	if err != nil {
-		if !errors.Is(err, context.Canceled) {
+		if ctx.Err() == nil { // (not the client going away)
 			f.g.log.Debug("upstream response cut off", "route", f.rt.Name, "err", err)
 		}
 		return errAborted
@@ -142,55 +152,10 @@ func (c *liveConn) release(reusable bool) {
 // idle is retried once on a new one when out can be replayed.
 func (f *forwarder) roundTrip(ctx context.Context, w http.ResponseWriter, out *http.Request) (*http.Response, *liveConn, error) {
 	for attempt := 0; ; attempt++ {
-		up, reused, err := f.get(ctx)
-		if err != nil {
-			return nil, nil, err
+		resp, lc, reused, stale, err := f.try(ctx, w, out)
+		if err == nil {
+			return resp, lc, nil
 		}
-		// A client that goes away cuts the wait on the upstream short.
-		lc := &liveConn{Conn: up, pool: &f.pool}
-		lc.stop = context.AfterFunc(ctx, func() { _ = up.SetDeadline(time.Unix(1, 0)) })
-		if t := f.g.set.UpstreamTimeout; t > 0 {
-			_ = up.SetReadDeadline(time.Now().Add(t))
-		}
-		if err = out.Write(up.BW); err == nil {
-			err = up.BW.Flush()
-		}
-		stale := err != nil && upconn.Stale(err)
-		var resp *http.Response
-		for interim := 0; err == nil; interim++ {
-			if _, err = up.BR.Peek(1); err != nil {
-				stale = interim == 0 && upconn.Stale(err)
-				break
-			}
-			if interim > upconn.MaxInterimResponses {
-				err = errors.New("too many 1xx responses")
-				break
-			}
-			up.LR.N = upconn.MaxResponseHeadBytes
-			resp, err = http.ReadResponse(up.BR, out)
-			if up.LR.N <= 0 && err != nil {
-				err = fmt.Errorf("response head over %d bytes", upconn.MaxResponseHeadBytes)
-			}
-			up.LR.N = math.MaxInt64
-			if err != nil {
-				break
-			}
-			if resp.StatusCode == http.StatusSwitchingProtocols {
-				err = errors.New("101 Switching Protocols for a request that did not ask for it")
-				break
-			}
-			if resp.StatusCode >= 200 {
-				return resp, lc, nil
-			}
-			h := w.Header()
-			httpx.RemoveHopHeaders(resp.Header, false)
-			for k, vv := range resp.Header {
-				h[k] = vv
-			}
-			w.WriteHeader(resp.StatusCode)
-			clear(h)
-		}
-		lc.release(false)
 		if ctx.Err() != nil {
 			return nil, nil, ctx.Err()
 		}
@@ -199,6 +164,66 @@ func (f *forwarder) roundTrip(ctx context.Context, w http.ResponseWriter, out *h
 		}
 		return nil, nil, err
 	}
+}
+
+// try is one attempt of roundTrip. stale: the upstream closed the
+// connection before answering any of it. The connection goes back (as
+// unusable) on every way out but a final response, a panic included.
+func (f *forwarder) try(ctx context.Context, w http.ResponseWriter, out *http.Request) (resp *http.Response, lc *liveConn, reused, stale bool, err error) {
+	up, reused, err := f.get(ctx)
+	if err != nil {
+		return nil, nil, false, false, err
+	}
+	// A client that goes away cuts the wait on the upstream short.
+	conn := &liveConn{Conn: up, pool: &f.pool}
+	conn.stop = context.AfterFunc(ctx, func() { _ = up.SetDeadline(time.Unix(1, 0)) })
+	defer func() {
+		if err != nil || resp == nil {
+			conn.release(false)
+		}
+	}()
+	if t := f.g.set.UpstreamTimeout; t > 0 {
+		_ = up.SetReadDeadline(time.Now().Add(t))
+	}
+	if err = out.Write(up.BW); err == nil {
+		err = up.BW.Flush()
+	}
+	stale = err != nil && upconn.Stale(err)
+	for interim := 0; err == nil; interim++ {
+		if _, err = up.BR.Peek(1); err != nil {
+			stale = interim == 0 && upconn.Stale(err)
+			break
+		}
+		if interim >= upconn.MaxInterimResponses {
+			err = errors.New("too many 1xx responses")
+			break
+		}
+		up.LR.N = upconn.MaxResponseHeadBytes
+		resp, err = http.ReadResponse(up.BR, out)
+		if up.LR.N <= 0 && err != nil {
+			err = fmt.Errorf("response head over %d bytes", upconn.MaxResponseHeadBytes)
+		}
+		up.LR.N = math.MaxInt64
+		switch {
+		case err != nil:
+		case resp.StatusCode == http.StatusSwitchingProtocols:
+			err = errors.New("101 Switching Protocols for a request that did not ask for it")
+		case resp.StatusCode < 100: // ReadResponse takes any three digits
+			err = fmt.Errorf("invalid response status %d", resp.StatusCode)
+		case resp.StatusCode >= 200:
+			return resp, conn, reused, false, nil
+		default: // 1xx: passed on, as ReverseProxy does
+			h := w.Header()
+			httpx.RemoveHopHeaders(resp.Header, false)
+			for k, vv := range resp.Header {
+				h[k] = vv
+			}
+			w.WriteHeader(resp.StatusCode)
+			clear(h)
+			resp = nil
+		}
+	}
+	return nil, nil, reused, stale, err
 }
 
 // get takes an idle upstream connection or dials one.
@@ -251,17 +276,28 @@ func (f *forwarder) copyBody(w http.ResponseWriter, resp *http.Response, up *liv
 	}
 }
 
-// cleanQuery is ReverseProxy's rule for a query it forwards: one that
-// does not parse (a ';' separator, a bad escape) is re-encoded from the
-// parts that do, so the upstream and the gateway cannot read it
-// differently.
+// cleanQuery is ReverseProxy's rule for a query it forwards
+// (cleanQueryParams in net/http/httputil): one that net/url would not
+// parse whole (a ';' separator, a bad escape, more parameters than its
+// limit) is re-encoded from what it does parse, so that the upstream
+// cannot read a parameter the gateway's policy did not see; with the
+// urlmaxqueryparams GODEBUG set, every query is.
 func cleanQuery(q string) string {
-	if !strings.ContainsAny(q, ";%") {
+	if q == "" {
 		return q
 	}
+	if !reencodeEveryQuery && strings.Count(q, "&") < maxQueryParams && !strings.ContainsAny(q, ";%") {
+		return q // the common case, without parsing
+	}
 	v, err := url.ParseQuery(q)
-	if err == nil {
+	if err == nil && !reencodeEveryQuery {
 		return q
 	}
 	return v.Encode()
 }
+
+// maxQueryParams is net/url's default limit on a query's parameters
+// (GODEBUG urlmaxqueryparams).
+const maxQueryParams = 10000
+
+var reencodeEveryQuery = strings.Contains(os.Getenv("GODEBUG"), "urlmaxqueryparams=")

@@ -3,12 +3,14 @@ package gateway
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httptrace"
 	"net/textproto"
+	"net/url"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -318,5 +320,117 @@ func TestFastPathCleansQuery(t *testing.T) {
 		if got := cleanQuery(q); got != want {
 			t.Errorf("cleanQuery(%q) = %q, want %q", q, got, want)
 		}
+	}
+}
+
+// A final status below 100 (which http.ReadResponse parses) is no
+// answer: 502, an audit line, and the connection is not left busy.
+func TestFastPathInvalidStatus(t *testing.T) {
+	addr := rawUpstream(t, func(c net.Conn, _ *bufio.Reader, _ *http.Request) {
+		_, _ = io.WriteString(c, "HTTP/1.1 099 Odd\r\nContent-Length: 0\r\n\r\n")
+	})
+	h := newHarness(t, harnessOpts{mutate: func(c *Config) { c.Routes[0].Upstream = addr }})
+	tok := h.idp.token(t, h.idp.claims(h.clock.Now()))
+	resp := h.bearerGet("/odd", tok, nil)
+	if resp.StatusCode != http.StatusBadGateway {
+		t.Fatalf("status 099 from the upstream: %d", resp.StatusCode)
+	}
+	if rec := h.lastAudit("access_decision"); rec == nil || rec["status"] != float64(http.StatusBadGateway) {
+		t.Fatalf("audit: %v", rec)
+	}
+	if p := &h.gw.routes[0].fast.pool; p.Busy() != 0 || p.Idle() != 0 {
+		t.Fatalf("after a bad status: %d busy, %d idle connections", p.Busy(), p.Idle())
+	}
+}
+
+// Trailers the upstream did not announce reach the client even when the
+// whole response arrived at once.
+func TestFastPathUnannouncedTrailers(t *testing.T) {
+	addr := rawUpstream(t, func(c net.Conn, _ *bufio.Reader, _ *http.Request) {
+		_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nbody\r\n0\r\nX-Sum: abc\r\n\r\n")
+	})
+	h := newHarness(t, harnessOpts{mutate: func(c *Config) { c.Routes[0].Upstream = addr }})
+	tok := h.idp.token(t, h.idp.claims(h.clock.Now()))
+	resp := bearerStream(t, h, "/sum", tok)
+	body := bodyOf(resp)
+	if body != "body" || resp.Trailer.Get("X-Sum") != "abc" {
+		t.Fatalf("body %q, trailers %v", body, resp.Trailer)
+	}
+}
+
+// A query past net/url's parameter limit is re-encoded as ReverseProxy
+// re-encodes it: the upstream cannot see a parameter the gateway did not.
+func TestFastPathQueryOverParamLimit(t *testing.T) {
+	q := strings.Repeat("&", maxQueryParams) + "admin=1"
+	v, _ := url.ParseQuery(q)
+	if got, want := cleanQuery(q), v.Encode(); got != want || strings.Contains(got, "admin") {
+		t.Fatalf("cleanQuery over the limit = %q, want %q", got, want)
+	}
+	under := strings.Repeat("a=1&", 10) + "b=2"
+	if got := cleanQuery(under); got != under {
+		t.Fatalf("a short query was changed: %q", got)
+	}
+}
+
+// Bytes an upstream sends after a response without a body (HEAD) are
+// never read as the next request's response.
+func TestFastPathNoLeftoversAfterHead(t *testing.T) {
+	var n atomic.Int32
+	addr := rawUpstream(t, func(c net.Conn, _ *bufio.Reader, req *http.Request) {
+		i := n.Add(1)
+		if req.Method == http.MethodHead {
+			// A body after a HEAD response: in the same write, and late.
+			_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nHTTP/")
+			time.Sleep(50 * time.Millisecond)
+			_, _ = io.WriteString(c, "1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged")
+			return
+		}
+		fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n%02d", i)
+	})
+	h := newHarness(t, harnessOpts{mutate: func(c *Config) { c.Routes[0].Upstream = addr }})
+	tok := h.idp.token(t, h.idp.claims(h.clock.Now()))
+	req, _ := http.NewRequest(http.MethodHead, h.url+"/h", nil)
+	req.Header.Set("Authorization", "Bearer "+tok)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("HEAD: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	for i := 0; i < 3; i++ {
+		time.Sleep(30 * time.Millisecond) // before, during and after the late bytes
+		resp := bearerStream(t, h, "/g", tok)
+		if body := bodyOf(resp); body == "forged" || len(body) != 2 {
+			t.Fatalf("GET %d got %q", i, body)
+		}
+	}
+}
+
+// At shutdown, a stream still running when the timeout ends is cut off
+// (its upstream connection closed), so Run returns.
+func TestFastPathShutdownCutsStreams(t *testing.T) {
+	upstreamDone := make(chan struct{})
+	h, tok := harnessWithUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer close(upstreamDone)
+		w.Header().Set("Content-Type", "text/event-stream")
+		_, _ = io.WriteString(w, "data: first\n\n")
+		w.(http.Flusher).Flush()
+		<-r.Context().Done() // until the gateway hangs up
+	}), func(c *Config) { c.Limits.ShutdownTimeout = configfile.Duration{Value: 200 * time.Millisecond} })
+	resp := bearerStream(t, h, "/events", tok)
+	defer resp.Body.Close()
+	if line, err := bufio.NewReader(resp.Body).ReadString('\n'); err != nil || line != "data: first\n" {
+		t.Fatalf("first event: %q %v", line, err)
+	}
+	h.cancel()
+	select {
+	case err := <-h.done:
+		h.done <- err // for the harness's cleanup
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return with a stream open past the shutdown timeout")
+	}
+	select {
+	case <-upstreamDone:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the upstream's stream was not ended")
 	}
 }

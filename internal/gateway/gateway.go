@@ -306,9 +306,15 @@ func (g *Gateway) Run(ctx context.Context) error {
 		g.log.Info("shutting down: draining in-flight requests", "timeout", g.set.ShutdownTimeout.String())
 		sctx, cancel := context.WithTimeout(context.Background(), g.set.ShutdownTimeout)
 		defer cancel()
-		_ = srv.Shutdown(sctx)
+		if srv.Shutdown(sctx) != nil {
+			// Past the timeout, requests still running (streams) are cut
+			// off: their client connections close (which cancels their
+			// requests), and so do the fast path's upstream connections.
+			_ = srv.Close()
+		}
 		for _, rt := range g.routes {
 			if rt.fast != nil {
+				rt.fast.pool.CloseBusy()
 				rt.fast.pool.CloseAll()
 			}
 		}

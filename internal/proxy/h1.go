@@ -307,7 +307,7 @@ func (f *h1Forwarder) roundTrip(ctx context.Context, req *http.Request, bw *bufi
 				stale = resp == nil && upstream.Stale(err)
 				break
 			}
-			if interim > upstream.MaxInterimResponses {
+			if interim >= upstream.MaxInterimResponses {
 				err = errors.New("too many 1xx responses")
 				break
 			}
@@ -317,6 +317,9 @@ func (f *h1Forwarder) roundTrip(ctx context.Context, req *http.Request, bw *bufi
 				err = fmt.Errorf("response head over %d bytes", upstream.MaxResponseHeadBytes)
 			}
 			up.LR.N = math.MaxInt64
+			if err == nil && resp.StatusCode < 100 { // ReadResponse takes any three digits
+				err = fmt.Errorf("invalid response status %d", resp.StatusCode)
+			}
 			if err != nil || resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
 				break
 			}

@@ -756,17 +756,22 @@ func TestH1UpstreamResponseHeadLimits(t *testing.T) {
 					fmt.Fprint(c, "HTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\n")
 				}
 				fmt.Fprint(c, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+			case "/status-099": // ReadResponse parses it; it is no answer
+				fmt.Fprint(c, "HTTP/1.1 099 Odd\r\nContent-Length: 0\r\n\r\n")
 			case "/one-1xx":
 				fmt.Fprint(c, "HTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 			}
 		}
 	})
 	paddr, _, _ := startH1(t, addr)
-	for _, path := range []string{"/big-head", "/many-1xx"} {
+	for _, path := range []string{"/big-head", "/many-1xx", "/status-099"} {
 		c, br := dialH1(t, paddr)
 		fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: api\r\n\r\n", path)
 		resp, err := http.ReadResponse(br, nil)
 		for err == nil && resp.StatusCode < 200 {
+			if resp.StatusCode < 100 {
+				t.Fatalf("%s: status %d relayed to the client", path, resp.StatusCode)
+			}
 			resp, err = http.ReadResponse(br, nil)
 		}
 		if err != nil || resp.StatusCode != http.StatusBadGateway {

@@ -26,8 +26,8 @@ const (
 )
 
 const (
-	maxIdle     = 1024
-	idleTimeout = 90 * time.Second // as http.Transport's IdleConnTimeout in DefaultTransport
+	maxIdle            = 1024
+	defaultIdleTimeout = 90 * time.Second // as http.Transport's IdleConnTimeout in DefaultTransport
 )
 
 // Conn is a connection to the upstream with its buffers. BR reads
@@ -49,13 +49,27 @@ func NewConn(c net.Conn) *Conn {
 }
 
 // Pool keeps idle connections for reuse, and knows the busy ones so that
-// a shutdown can close those its deadline cuts off. The zero Pool is
-// ready to use.
+// a shutdown can close those its deadline cuts off. An idle connection
+// unused for IdleTimeout is closed, also when no request comes to take
+// it (a timer sweeps them: after a burst, the ones at the bottom of the
+// stack would otherwise sit in CLOSE_WAIT once the upstream gave up on
+// them). The zero Pool is ready to use.
 type Pool struct {
+	IdleTimeout time.Duration // 0: 90 s
+
 	mu     sync.Mutex
-	idle   []*Conn
+	idle   []*Conn // oldest first: Get takes from the end
 	busy   map[*Conn]struct{}
 	closed bool
+	sweep  *time.Timer // runs while idle is not empty
+	armed  bool
+}
+
+func (p *Pool) idleTimeout() time.Duration {
+	if p.IdleTimeout > 0 {
+		return p.IdleTimeout
+	}
+	return defaultIdleTimeout
 }
 
 // Get takes the most recently used idle connection that is still usable
@@ -69,9 +83,10 @@ func (p *Pool) Get() *Conn {
 			return nil
 		}
 		up := p.idle[n-1]
+		p.idle[n-1] = nil
 		p.idle = p.idle[:n-1]
 		p.mu.Unlock()
-		if time.Since(up.idle) < idleTimeout && IdleConnUsable(up.Conn) {
+		if time.Since(up.idle) < p.idleTimeout() && IdleConnUsable(up.Conn) {
 			p.Add(up)
 			return up
 		}
@@ -99,9 +114,46 @@ func (p *Pool) Put(up *Conn) {
 	if !p.closed && len(p.idle) < maxIdle && up.BR.Buffered() == 0 {
 		p.idle = append(p.idle, up)
 		up = nil
+		if !p.armed {
+			p.armSweep(p.idleTimeout())
+		}
 	}
 	p.mu.Unlock()
 	if up != nil {
+		up.Close()
+	}
+}
+
+// armSweep starts the timer for the oldest idle connection; the caller
+// holds mu.
+func (p *Pool) armSweep(d time.Duration) {
+	p.armed = true
+	if p.sweep == nil {
+		p.sweep = time.AfterFunc(d, p.sweepIdle)
+		return
+	}
+	p.sweep.Reset(d)
+}
+
+// sweepIdle closes the idle connections past IdleTimeout and rearms for
+// the next oldest.
+func (p *Pool) sweepIdle() {
+	now, limit := time.Now(), p.idleTimeout()
+	p.mu.Lock()
+	n := 0
+	for n < len(p.idle) && now.Sub(p.idle[n].idle) >= limit {
+		n++
+	}
+	expired := append([]*Conn(nil), p.idle[:n]...)
+	rest := copy(p.idle, p.idle[n:])
+	clear(p.idle[rest:]) // no closed connection stays reachable
+	p.idle = p.idle[:rest]
+	p.armed = false
+	if len(p.idle) > 0 && !p.closed {
+		p.armSweep(limit - now.Sub(p.idle[0].idle))
+	}
+	p.mu.Unlock()
+	for _, up := range expired {
 		up.Close()
 	}
 }
@@ -112,6 +164,13 @@ func (p *Pool) Discard(up *Conn) {
 	delete(p.busy, up)
 	p.mu.Unlock()
 	up.Close()
+}
+
+// Busy is the number of connections in use.
+func (p *Pool) Busy() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.busy)
 }
 
 // Idle is the number of idle connections.
@@ -137,6 +196,9 @@ func (p *Pool) CloseAll() {
 	p.mu.Lock()
 	idle := p.idle
 	p.idle, p.closed = nil, true
+	if p.sweep != nil {
+		p.sweep.Stop()
+	}
 	p.mu.Unlock()
 	for _, up := range idle {
 		up.Close()
