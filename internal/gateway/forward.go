@@ -3,9 +3,7 @@ package gateway
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
-	"math"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -190,26 +188,14 @@ func (f *forwarder) try(ctx context.Context, w http.ResponseWriter, out *http.Re
 	}
 	stale = err != nil && upconn.Stale(err)
 	for interim := 0; err == nil; interim++ {
-		if _, err = up.BR.Peek(1); err != nil {
-			stale = interim == 0 && upconn.Stale(err)
-			break
+		var closed bool
+		if resp, closed, err = up.ReadResponse(out, interim); closed {
+			stale = interim == 0
 		}
-		if interim >= upconn.MaxInterimResponses {
-			err = errors.New("too many 1xx responses")
-			break
-		}
-		up.LR.N = upconn.MaxResponseHeadBytes
-		resp, err = http.ReadResponse(up.BR, out)
-		if up.LR.N <= 0 && err != nil {
-			err = fmt.Errorf("response head over %d bytes", upconn.MaxResponseHeadBytes)
-		}
-		up.LR.N = math.MaxInt64
 		switch {
 		case err != nil:
 		case resp.StatusCode == http.StatusSwitchingProtocols:
 			err = errors.New("101 Switching Protocols for a request that did not ask for it")
-		case resp.StatusCode < 100: // ReadResponse takes any three digits
-			err = fmt.Errorf("invalid response status %d", resp.StatusCode)
 		case resp.StatusCode >= 200:
 			return resp, conn, reused, false, nil
 		default: // 1xx: passed on, as ReverseProxy does

@@ -20,7 +20,6 @@ import (
 	"bufio"
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"math"
 	"net"
@@ -303,22 +302,9 @@ func (f *h1Forwarder) roundTrip(ctx context.Context, req *http.Request, bw *bufi
 		stale := err != nil && upstream.Stale(err)
 		var resp *http.Response
 		for interim := 0; err == nil; interim++ {
-			if _, err = up.BR.Peek(1); err != nil {
-				stale = resp == nil && upstream.Stale(err)
-				break
-			}
-			if interim >= upstream.MaxInterimResponses {
-				err = errors.New("too many 1xx responses")
-				break
-			}
-			up.LR.N = upstream.MaxResponseHeadBytes
-			resp, err = http.ReadResponse(up.BR, req)
-			if up.LR.N <= 0 && err != nil {
-				err = fmt.Errorf("response head over %d bytes", upstream.MaxResponseHeadBytes)
-			}
-			up.LR.N = math.MaxInt64
-			if err == nil && resp.StatusCode < 100 { // ReadResponse takes any three digits
-				err = fmt.Errorf("invalid response status %d", resp.StatusCode)
+			var closed bool
+			if resp, closed, err = up.ReadResponse(req, interim); closed {
+				stale = interim == 0
 			}
 			if err != nil || resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
 				break

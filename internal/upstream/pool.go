@@ -10,6 +10,7 @@ package upstream
 import (
 	"bufio"
 	"errors"
+	"fmt"
 	"io"
 	"math"
 	"net"
@@ -46,6 +47,31 @@ func NewConn(c net.Conn) *Conn {
 	up := &Conn{Conn: c, LR: &io.LimitedReader{R: c, N: math.MaxInt64}, BW: bufio.NewWriterSize(c, 4<<10)}
 	up.BR = bufio.NewReaderSize(up.LR, 4<<10)
 	return up
+}
+
+// ReadResponse reads the next response head from c for req (the body
+// then reads from c.BR): at most MaxResponseHeadBytes of it, with a
+// status from 100 up (http.ReadResponse takes any three digits). interim
+// is how many 1xx responses came before it for req; one more than
+// MaxInterimResponses allow is an error. closed: the upstream closed the
+// connection (or reset it) before sending any of this response.
+func (c *Conn) ReadResponse(req *http.Request, interim int) (resp *http.Response, closed bool, err error) {
+	if _, err = c.BR.Peek(1); err != nil {
+		return nil, Stale(err), err
+	}
+	if interim >= MaxInterimResponses {
+		return nil, false, errors.New("too many 1xx responses")
+	}
+	c.LR.N = MaxResponseHeadBytes
+	resp, err = http.ReadResponse(c.BR, req)
+	if c.LR.N <= 0 && err != nil {
+		err = fmt.Errorf("response head over %d bytes", MaxResponseHeadBytes)
+	}
+	c.LR.N = math.MaxInt64
+	if err == nil && resp.StatusCode < 100 {
+		return nil, false, fmt.Errorf("invalid response status %d", resp.StatusCode)
+	}
+	return resp, false, err
 }
 
 // Pool keeps idle connections for reuse, and knows the busy ones so that
