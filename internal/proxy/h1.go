@@ -58,11 +58,12 @@ type h1Exchange struct {
 
 // h1Forwarder serves the HTTP/1.1 connections of one listener.
 type h1Forwarder struct {
-	p    *Proxy
-	side h1Side
-	dial func(ctx context.Context) (net.Conn, error)
-	pool upstream.Pool
-	live h1Conns
+	p       *Proxy
+	side    h1Side
+	dial    func(ctx context.Context) (net.Conn, error)
+	pool    upstream.Pool
+	live    h1Conns
+	watches clientWatches
 }
 
 var (
@@ -217,7 +218,13 @@ func (f *h1Forwarder) exchange(c net.Conn, br *bufio.Reader, bw *bufio.Writer, x
 		}
 		req.Body = fb
 	}
-	resp, up, err := f.roundTrip(ctx, req, bw)
+	resp, up, err := f.roundTrip(ctx, req, c, br, bw)
+	if errors.Is(err, errClientGone) {
+		// Nobody to answer: recorded as nginx logs it (499), not as an
+		// upstream failure.
+		f.side.finish(x, statusClientClosedRequest)
+		return false
+	}
 	if err == nil && resp.StatusCode == http.StatusSwitchingProtocols {
 		if websocket && isWebSocket(resp.Header) {
 			return f.tunnel(c, br, bw, x, resp, up)
@@ -272,7 +279,7 @@ func (f *h1Forwarder) exchange(c net.Conn, br *bufio.Reader, bw *bufio.Writer, x
 // response, relaying interim 1xx responses (100 Continue, 103) to the
 // client. A pooled connection the upstream closed while idle is retried
 // once on a new one when the request can be replayed.
-func (f *h1Forwarder) roundTrip(ctx context.Context, req *http.Request, bw *bufio.Writer) (*http.Response, *upstream.Conn, error) {
+func (f *h1Forwarder) roundTrip(ctx context.Context, req *http.Request, c net.Conn, br *bufio.Reader, bw *bufio.Writer) (*http.Response, *upstream.Conn, error) {
 	if fb, ok := req.Body.(*flushBeforeBlock); ok {
 		defer func() { fb.dst = nil }()
 	}
@@ -301,6 +308,13 @@ func (f *h1Forwarder) roundTrip(ctx context.Context, req *http.Request, bw *bufi
 		// timed out), so nothing of it was processed there.
 		stale := err != nil && upstream.Stale(err)
 		var resp *http.Response
+		// The request is out; while the answer takes its time, watch
+		// for the client going away (not while an early answer may
+		// leave its body unread: that is still the client's to send).
+		var watch *clientWatch
+		if err == nil && (req.Body == nil || req.Body == http.NoBody || bodyDone(req)) {
+			watch = f.watches.add(c, br, up)
+		}
 		for interim := 0; err == nil; interim++ {
 			var closed bool
 			if resp, closed, err = up.ReadResponse(req, interim); closed {
@@ -317,6 +331,10 @@ func (f *h1Forwarder) roundTrip(ctx context.Context, req *http.Request, bw *bufi
 				err = bw.Flush()
 			}
 		}
+		if watch != nil && f.watches.stop(watch) {
+			f.pool.Discard(up)
+			return nil, nil, errClientGone
+		}
 		if err == nil {
 			return resp, up, nil
 		}
@@ -326,6 +344,111 @@ func (f *h1Forwarder) roundTrip(ctx context.Context, req *http.Request, bw *bufi
 		}
 		return nil, nil, err
 	}
+}
+
+// clientWatchDelay is how long an exchange waits on its upstream before
+// it watches the client connection too: the common quick answer costs a
+// timer, only a slow one (a long poll, a hung upstream) a goroutine.
+const clientWatchDelay = time.Second
+
+// statusClientClosedRequest is what the audit log and metrics record for
+// a request whose client went away before the answer: nginx's 499.
+const statusClientClosedRequest = 499
+
+var errClientGone = errors.New("the client closed its connection before the answer")
+
+// clientWatches watches, for each exchange that has waited on its
+// upstream for clientWatchDelay, whether its client closes its
+// connection meanwhile; then it cuts the wait on the upstream short (a
+// past deadline), as net/http's server cancels a request whose client
+// went away. Registering an exchange costs a map entry: one scanner
+// goroutine, running while any exchange waits, starts a watch (a goroutine
+// reading the client connection) only for those that wait long. (A timer
+// per exchange instead cost more than half again of an exchange's CPU:
+// each new earliest timer wakes the network poller.)
+type clientWatches struct {
+	mu      sync.Mutex
+	waiting map[*clientWatch]struct{}
+	running bool // the scanner runs
+}
+
+// clientWatch is one exchange's; its flags are guarded by clientWatches.mu.
+type clientWatch struct {
+	c     net.Conn
+	br    *bufio.Reader
+	up    *upstream.Conn
+	since time.Time
+
+	started, lost bool
+	done          chan struct{} // closed when a started watch ends
+}
+
+// add registers an exchange whose request is out to up. stop must be
+// called before the exchange reads c again. Bytes the client sends
+// meanwhile (a pipelined request) stay in br.
+func (w *clientWatches) add(c net.Conn, br *bufio.Reader, up *upstream.Conn) *clientWatch {
+	cw := &clientWatch{c: c, br: br, up: up, since: time.Now()}
+	w.mu.Lock()
+	if w.waiting == nil {
+		w.waiting = map[*clientWatch]struct{}{}
+	}
+	w.waiting[cw] = struct{}{}
+	if !w.running {
+		w.running = true
+		go w.scan()
+	}
+	w.mu.Unlock()
+	return cw
+}
+
+func (w *clientWatches) scan() {
+	for {
+		time.Sleep(clientWatchDelay / 2)
+		now := time.Now()
+		w.mu.Lock()
+		if len(w.waiting) == 0 {
+			w.running = false
+			w.mu.Unlock()
+			return
+		}
+		for cw := range w.waiting {
+			if !cw.started && now.Sub(cw.since) >= clientWatchDelay {
+				// The request head's deadline may still be set: the wait
+				// on the upstream has none. (Under mu: a stop that finds
+				// the watch started sets its own deadline after this.)
+				_ = cw.c.SetReadDeadline(time.Time{})
+				cw.started, cw.done = true, make(chan struct{})
+				go w.watch(cw)
+			}
+		}
+		w.mu.Unlock()
+	}
+}
+
+func (w *clientWatches) watch(cw *clientWatch) {
+	defer close(cw.done)
+	if _, err := cw.br.Peek(1); err != nil && !isTimeout(err) {
+		w.mu.Lock()
+		cw.lost = true
+		w.mu.Unlock()
+		_ = cw.up.SetDeadline(time.Unix(1, 0))
+	}
+}
+
+// stop ends the watch of cw and reports whether the client went away.
+func (w *clientWatches) stop(cw *clientWatch) (lost bool) {
+	w.mu.Lock()
+	delete(w.waiting, cw)
+	started := cw.started
+	w.mu.Unlock()
+	if started {
+		_ = cw.c.SetReadDeadline(time.Now()) // wakes the Peek
+		<-cw.done
+		_ = cw.c.SetReadDeadline(time.Time{})
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return cw.lost
 }
 
 // earlyResponseWait bounds the wait for an answer from an upstream that

@@ -887,3 +887,71 @@ func TestH1EarlyAnswerToUpload(t *testing.T) {
 type zeros struct{}
 
 func (zeros) Read(p []byte) (int, error) { clear(p); return len(p), nil }
+
+// A client that goes away while the upstream has not answered ends the
+// exchange: the upstream connection closes, and the record says 499, not
+// an upstream failure.
+func TestH1ClientGoneWhileUpstreamWaits(t *testing.T) {
+	arrived, upstreamClosed := make(chan struct{}), make(chan struct{})
+	addr := startRawUpstream(t, func(c net.Conn, br *bufio.Reader) {
+		if _, err := http.ReadRequest(br); err != nil {
+			return
+		}
+		close(arrived)
+		if _, err := br.ReadByte(); err != nil { // never answers; EOF when the proxy hangs up
+			close(upstreamClosed)
+		}
+	})
+	paddr, side, _ := startH1(t, addr)
+	c, _ := dialH1(t, paddr)
+	fmt.Fprint(c, "GET /long-poll HTTP/1.1\r\nHost: api\r\n\r\n")
+	<-arrived
+	c.Close()
+	select {
+	case <-upstreamClosed:
+	case <-time.After(10 * clientWatchDelay):
+		t.Fatal("the upstream connection stayed open after the client went away")
+	}
+	waitFor(t, 5*time.Second, "the record", func() bool {
+		side.mu.Lock()
+		defer side.mu.Unlock()
+		return len(side.finished) == 1
+	})
+	side.mu.Lock()
+	defer side.mu.Unlock()
+	if side.finished[0] != statusClientClosedRequest || side.failed != 0 {
+		t.Fatalf("recorded %v, %d upstream failures", side.finished, side.failed)
+	}
+}
+
+// An answer slower than clientWatchDelay still reaches a client that
+// stayed, and a request it pipelined meanwhile is served after it.
+func TestH1SlowAnswerWithWatchedClient(t *testing.T) {
+	addr := startRawUpstream(t, func(c net.Conn, br *bufio.Reader) {
+		for {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			if req.URL.Path == "/slow" {
+				time.Sleep(clientWatchDelay + 300*time.Millisecond)
+			}
+			fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(req.URL.Path), req.URL.Path)
+		}
+	})
+	paddr, side, _ := startH1(t, addr)
+	c, br := dialH1(t, paddr)
+	fmt.Fprint(c, "GET /slow HTTP/1.1\r\nHost: api\r\n\r\n")
+	time.Sleep(clientWatchDelay + 100*time.Millisecond) // the watch has started
+	fmt.Fprint(c, "GET /next HTTP/1.1\r\nHost: api\r\n\r\n")
+	for _, want := range []string{"/slow", "/next"} {
+		if resp, body := readResp(t, br, "GET"); resp.StatusCode != 200 || body != want {
+			t.Fatalf("want %s: %d %q", want, resp.StatusCode, body)
+		}
+	}
+	side.mu.Lock()
+	defer side.mu.Unlock()
+	if len(side.finished) != 2 || side.finished[0] != 200 || side.finished[1] != 200 {
+		t.Fatalf("recorded %v", side.finished)
+	}
+}
