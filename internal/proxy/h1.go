@@ -427,7 +427,11 @@ func (w *clientWatches) scan() {
 
 func (w *clientWatches) watch(cw *clientWatch) {
 	defer close(cw.done)
-	if _, err := cw.br.Peek(1); err != nil && !isTimeout(err) {
+	// EOF (a FIN: closed, or half-closed, which net/http's server and
+	// nginx take for gone too) or a reset. Not our own stop (a timeout),
+	// nor the proxy closing the connection itself at a shutdown deadline
+	// (net.ErrClosed): that exchange is the upstream's failure to answer.
+	if _, err := cw.br.Peek(1); err != nil && !isTimeout(err) && !errors.Is(err, net.ErrClosed) {
 		w.mu.Lock()
 		cw.lost = true
 		w.mu.Unlock()

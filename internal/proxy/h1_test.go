@@ -955,3 +955,79 @@ func TestH1SlowAnswerWithWatchedClient(t *testing.T) {
 		t.Fatalf("recorded %v", side.finished)
 	}
 }
+
+// watchStarted: some exchange of f is being watched.
+func watchStarted(f *h1Forwarder) bool {
+	f.watches.mu.Lock()
+	defer f.watches.mu.Unlock()
+	for cw := range f.watches.waiting {
+		if cw.started {
+			return true
+		}
+	}
+	return false
+}
+
+// A shutdown deadline that cuts off a watched exchange records the
+// upstream's failure to answer (502), not a client that went away.
+func TestH1ShutdownOfWatchedExchange(t *testing.T) {
+	arrived := make(chan struct{})
+	addr := startRawUpstream(t, func(c net.Conn, br *bufio.Reader) {
+		if _, err := http.ReadRequest(br); err != nil {
+			return
+		}
+		close(arrived)
+		_, _ = br.ReadByte()
+	})
+	paddr, side, f := startH1(t, addr)
+	c, _ := dialH1(t, paddr)
+	fmt.Fprint(c, "GET /hang HTTP/1.1\r\nHost: api\r\n\r\n")
+	<-arrived
+	waitFor(t, 10*clientWatchDelay, "the watch", func() bool { return watchStarted(f) })
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	f.shutdown(ctx)
+	waitFor(t, 5*time.Second, "the record", func() bool {
+		side.mu.Lock()
+		defer side.mu.Unlock()
+		return len(side.finished) == 1
+	})
+	side.mu.Lock()
+	defer side.mu.Unlock()
+	if side.finished[0] != http.StatusBadGateway || side.failed != 1 {
+		t.Fatalf("recorded %v, %d upstream failures", side.finished, side.failed)
+	}
+}
+
+// A client that half-closes (shutdown of its write side) after a request
+// counts as gone once the exchange is watched, as for net/http's server
+// and nginx: 499, and the upstream connection closes.
+func TestH1HalfClosedClientCountsAsGone(t *testing.T) {
+	arrived, upstreamClosed := make(chan struct{}), make(chan struct{})
+	addr := startRawUpstream(t, func(c net.Conn, br *bufio.Reader) {
+		if _, err := http.ReadRequest(br); err != nil {
+			return
+		}
+		close(arrived)
+		if _, err := br.ReadByte(); err != nil {
+			close(upstreamClosed)
+		}
+	})
+	paddr, side, _ := startH1(t, addr)
+	c, _ := dialH1(t, paddr)
+	fmt.Fprint(c, "GET /slow HTTP/1.1\r\nHost: api\r\n\r\n")
+	<-arrived
+	if err := c.(*net.TCPConn).CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-upstreamClosed:
+	case <-time.After(10 * clientWatchDelay):
+		t.Fatal("the upstream connection stayed open after the client half-closed")
+	}
+	waitFor(t, 5*time.Second, "the record", func() bool {
+		side.mu.Lock()
+		defer side.mu.Unlock()
+		return len(side.finished) == 1 && side.finished[0] == statusClientClosedRequest
+	})
+}
