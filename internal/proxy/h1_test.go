@@ -888,39 +888,66 @@ type zeros struct{}
 
 func (zeros) Read(p []byte) (int, error) { clear(p); return len(p), nil }
 
-// A client that goes away while the upstream has not answered ends the
-// exchange: the upstream connection closes, and the record says 499, not
-// an upstream failure.
-func TestH1ClientGoneWhileUpstreamWaits(t *testing.T) {
-	arrived, upstreamClosed := make(chan struct{}), make(chan struct{})
-	addr := startRawUpstream(t, func(c net.Conn, br *bufio.Reader) {
+// hungUpstream reads one request per connection and never answers;
+// arrived closes when the first request is in, closed when the proxy
+// hangs up on it.
+func hungUpstream(t *testing.T) (addr string, arrived, closed chan struct{}) {
+	arrived, closed = make(chan struct{}), make(chan struct{})
+	addr = startRawUpstream(t, func(c net.Conn, br *bufio.Reader) {
 		if _, err := http.ReadRequest(br); err != nil {
 			return
 		}
 		close(arrived)
-		if _, err := br.ReadByte(); err != nil { // never answers; EOF when the proxy hangs up
-			close(upstreamClosed)
+		if _, err := br.ReadByte(); err != nil {
+			close(closed)
 		}
 	})
-	paddr, side, _ := startH1(t, addr)
-	c, _ := dialH1(t, paddr)
-	fmt.Fprint(c, "GET /long-poll HTTP/1.1\r\nHost: api\r\n\r\n")
-	<-arrived
-	c.Close()
-	select {
-	case <-upstreamClosed:
-	case <-time.After(10 * clientWatchDelay):
-		t.Fatal("the upstream connection stayed open after the client went away")
-	}
-	waitFor(t, 5*time.Second, "the record", func() bool {
+	return addr, arrived, closed
+}
+
+// waitRecorded waits until side has finished n exchanges.
+func waitRecorded(t *testing.T, side *recordingSide, n int) {
+	t.Helper()
+	waitFor(t, 5*time.Second, "the records", func() bool {
 		side.mu.Lock()
 		defer side.mu.Unlock()
-		return len(side.finished) == 1
+		return len(side.finished) >= n
 	})
-	side.mu.Lock()
-	defer side.mu.Unlock()
-	if side.finished[0] != statusClientClosedRequest || side.failed != 0 {
-		t.Fatalf("recorded %v, %d upstream failures", side.finished, side.failed)
+}
+
+// A client that goes away while the upstream has not answered ends the
+// exchange: the upstream connection closes, and the record says 499, not
+// an upstream failure. A half-close (the client's write side shut) counts
+// as gone, as for net/http's server and nginx.
+func TestH1ClientGoneWhileUpstreamWaits(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		hang func(net.Conn) error
+	}{
+		{"closed", net.Conn.Close},
+		{"half-closed", func(c net.Conn) error { return c.(*net.TCPConn).CloseWrite() }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			addr, arrived, upstreamClosed := hungUpstream(t)
+			paddr, side, _ := startH1(t, addr)
+			c, _ := dialH1(t, paddr)
+			fmt.Fprint(c, "GET /long-poll HTTP/1.1\r\nHost: api\r\n\r\n")
+			<-arrived
+			if err := tc.hang(c); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case <-upstreamClosed:
+			case <-time.After(10 * clientWatchDelay):
+				t.Fatal("the upstream connection stayed open after the client went away")
+			}
+			waitRecorded(t, side, 1)
+			side.mu.Lock()
+			defer side.mu.Unlock()
+			if side.finished[0] != statusClientClosedRequest || side.failed != 0 {
+				t.Fatalf("recorded %v, %d upstream failures", side.finished, side.failed)
+			}
+		})
 	}
 }
 
@@ -971,14 +998,7 @@ func watchStarted(f *h1Forwarder) bool {
 // A shutdown deadline that cuts off a watched exchange records the
 // upstream's failure to answer (502), not a client that went away.
 func TestH1ShutdownOfWatchedExchange(t *testing.T) {
-	arrived := make(chan struct{})
-	addr := startRawUpstream(t, func(c net.Conn, br *bufio.Reader) {
-		if _, err := http.ReadRequest(br); err != nil {
-			return
-		}
-		close(arrived)
-		_, _ = br.ReadByte()
-	})
+	addr, arrived, _ := hungUpstream(t)
 	paddr, side, f := startH1(t, addr)
 	c, _ := dialH1(t, paddr)
 	fmt.Fprint(c, "GET /hang HTTP/1.1\r\nHost: api\r\n\r\n")
@@ -987,47 +1007,10 @@ func TestH1ShutdownOfWatchedExchange(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
 	f.shutdown(ctx)
-	waitFor(t, 5*time.Second, "the record", func() bool {
-		side.mu.Lock()
-		defer side.mu.Unlock()
-		return len(side.finished) == 1
-	})
+	waitRecorded(t, side, 1)
 	side.mu.Lock()
 	defer side.mu.Unlock()
 	if side.finished[0] != http.StatusBadGateway || side.failed != 1 {
 		t.Fatalf("recorded %v, %d upstream failures", side.finished, side.failed)
 	}
-}
-
-// A client that half-closes (shutdown of its write side) after a request
-// counts as gone once the exchange is watched, as for net/http's server
-// and nginx: 499, and the upstream connection closes.
-func TestH1HalfClosedClientCountsAsGone(t *testing.T) {
-	arrived, upstreamClosed := make(chan struct{}), make(chan struct{})
-	addr := startRawUpstream(t, func(c net.Conn, br *bufio.Reader) {
-		if _, err := http.ReadRequest(br); err != nil {
-			return
-		}
-		close(arrived)
-		if _, err := br.ReadByte(); err != nil {
-			close(upstreamClosed)
-		}
-	})
-	paddr, side, _ := startH1(t, addr)
-	c, _ := dialH1(t, paddr)
-	fmt.Fprint(c, "GET /slow HTTP/1.1\r\nHost: api\r\n\r\n")
-	<-arrived
-	if err := c.(*net.TCPConn).CloseWrite(); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-upstreamClosed:
-	case <-time.After(10 * clientWatchDelay):
-		t.Fatal("the upstream connection stayed open after the client half-closed")
-	}
-	waitFor(t, 5*time.Second, "the record", func() bool {
-		side.mu.Lock()
-		defer side.mu.Unlock()
-		return len(side.finished) == 1 && side.finished[0] == statusClientClosedRequest
-	})
 }
