@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/trustmesh/trustmesh/internal/configfile"
+	"github.com/trustmesh/trustmesh/internal/upstream/upstreamtest"
 )
 
 // The fast path (forward.go) takes body-less requests to plain-HTTP
@@ -112,31 +113,15 @@ func TestFastPathClientGoneCancelsUpstream(t *testing.T) {
 // request head as read.
 func rawUpstream(t *testing.T, respond func(c net.Conn, br *bufio.Reader, req *http.Request)) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
+	return "http://" + upstreamtest.Serve(t, func(c net.Conn, br *bufio.Reader) {
 		for {
-			c, err := ln.Accept()
+			req, err := http.ReadRequest(br)
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					req, err := http.ReadRequest(br)
-					if err != nil {
-						return
-					}
-					respond(c, br, req)
-				}
-			}()
+			respond(c, br, req)
 		}
-	}()
-	return "http://" + ln.Addr().String()
+	})
 }
 
 // A response cut off midway reaches the client as broken (an error),

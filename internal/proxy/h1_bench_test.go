@@ -7,38 +7,27 @@ import (
 	"net"
 	"net/http"
 	"testing"
+	"time"
+
+	"github.com/trustmesh/trustmesh/internal/upstream/upstreamtest"
 )
 
 // BenchmarkH1Exchange: one keep-alive client through the HTTP/1.1 path
 // (a recording side, no TLS) to an upstream that answers from memory; the
 // per-request cost of the forwarder itself, allocations included.
 func BenchmarkH1Exchange(b *testing.B) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { ln.Close() })
-	go func() {
+	upAddr := upstreamtest.Serve(b, func(c net.Conn, br *bufio.Reader) {
+		_ = c.SetDeadline(time.Time{}) // as long as the benchmark runs
 		for {
-			c, err := ln.Accept()
+			req, err := http.ReadRequest(br)
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					req, err := http.ReadRequest(br)
-					if err != nil {
-						return
-					}
-					req.Body.Close()
-					fmt.Fprint(c, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello")
-				}
-			}()
+			req.Body.Close()
+			fmt.Fprint(c, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello")
 		}
-	}()
-	addr, _, _ := startH1(b, ln.Addr().String())
+	})
+	addr, _, _ := startH1(b, upAddr)
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		b.Fatal(err)

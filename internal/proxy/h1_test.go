@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/trustmesh/trustmesh/internal/upstream"
+	"github.com/trustmesh/trustmesh/internal/upstream/upstreamtest"
 )
 
 // The HTTP/1.1 path's mechanics, with a recording h1Side in place of the
@@ -575,29 +576,7 @@ func FuzzH1Forwarder(f *testing.F) {
 // startRawUpstream runs handle for each connection to a loopback port,
 // for upstreams that misbehave in ways net/http's server will not.
 func startRawUpstream(t *testing.T, handle func(c net.Conn, br *bufio.Reader)) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				_ = c.SetDeadline(time.Now().Add(20 * time.Second))
-				handle(c, bufio.NewReader(c))
-			}()
-		}
-	}()
-	return ln.Addr().String()
+	return upstreamtest.Serve(t, handle)
 }
 
 // answerPath answers each request on c with its own path, keeping the
