@@ -466,9 +466,11 @@ type child struct {
 	name  string
 	cmd   *exec.Cmd
 	ready chan struct{}
-	done  chan error
-	feed  *feed
-	mu    sync.Mutex
+	// done is closed once the process has exited and err holds how; it
+	// stays closed, so startDemo's wait and stopChildren can both see it.
+	done chan struct{}
+	err  error
+	feed *feed
 }
 
 func startDemo(ctx context.Context, o Options, dir, logDir, policyDir, overlayDir, socket, agentID string, admin *apiclient.Client, st *State, f *feed) ([]*child, error) {
@@ -553,8 +555,8 @@ func startDemo(ctx context.Context, o Options, dir, logDir, policyDir, overlayDi
 	for _, k := range kids {
 		select {
 		case <-k.ready:
-		case err := <-k.done:
-			return kids, fmt.Errorf("workload %s exited: %v (see %s)", k.name, err, filepath.Join(logDir, k.name+".log"))
+		case <-k.done:
+			return kids, fmt.Errorf("workload %s exited: %v (see %s)", k.name, k.err, filepath.Join(logDir, k.name+".log"))
 		case <-deadline:
 			return kids, fmt.Errorf("workload %s not ready after 60s (see %s)", k.name, filepath.Join(logDir, k.name+".log"))
 		case <-ctx.Done():
@@ -569,7 +571,7 @@ func startChild(bin, name, specFile, logFile string, f *feed) (*child, error) {
 	if err != nil {
 		return nil, err
 	}
-	k := &child{name: name, ready: make(chan struct{}), done: make(chan error, 1), feed: f}
+	k := &child{name: name, ready: make(chan struct{}), done: make(chan struct{}), feed: f}
 	k.cmd = exec.Command(bin, "dev", "workload", "--spec", specFile)
 	k.cmd.Stderr = lf
 	// Its own process group: Ctrl-C reaches the parent, which stops the
@@ -591,9 +593,9 @@ func startChild(bin, name, specFile, logFile string, f *feed) (*child, error) {
 	}()
 	go func() {
 		<-lines
-		err := k.cmd.Wait()
+		k.err = k.cmd.Wait()
 		lf.Close()
-		k.done <- err
+		close(k.done)
 	}()
 	return k, nil
 }
@@ -628,22 +630,19 @@ func (k *child) read(r io.Reader) {
 // not stop in 10s is killed.
 func stopChildren(kids []*child) {
 	for _, k := range kids {
-		if k.cmd.ProcessState == nil {
+		select {
+		case <-k.done:
+		default:
 			_ = k.cmd.Process.Signal(syscall.SIGTERM)
 		}
 	}
 	for _, k := range kids {
-		k.mu.Lock()
-		if k.done != nil {
-			select {
-			case <-k.done:
-			case <-time.After(10 * time.Second):
-				_ = k.cmd.Process.Kill()
-				<-k.done
-			}
-			k.done = nil
+		select {
+		case <-k.done:
+		case <-time.After(10 * time.Second):
+			_ = k.cmd.Process.Kill()
+			<-k.done
 		}
-		k.mu.Unlock()
 	}
 }
 

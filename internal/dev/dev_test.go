@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/trustmesh/trustmesh/internal/policy"
 )
@@ -194,5 +195,67 @@ func TestFeedLines(t *testing.T) {
 	data, _ := os.ReadFile(f.audit.Name())
 	if strings.Count(string(data), "\n") != 2 {
 		t.Errorf("audit log %q", data)
+	}
+}
+
+// With --base-port 0 the ports come from below the ephemeral range (where
+// no outgoing connection can take one between the check and the bind),
+// each handed out once, each free when handed out.
+func TestFreePortsStayOutOfTheEphemeralRange(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	hi := ephemeralPortsStart()
+	seen := map[string]bool{}
+	for range 300 {
+		addr, err := freePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if seen[addr] {
+			t.Fatalf("%s handed out twice", addr)
+		}
+		seen[addr] = true
+		_, p, _ := net.SplitHostPort(addr)
+		port, _ := strconv.Atoi(p)
+		if hi-lowestFreePort >= 1000 && (port < lowestFreePort || port >= hi) {
+			t.Fatalf("%s is outside %d..%d", addr, lowestFreePort, hi-1)
+		}
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			t.Fatalf("%s is not free: %v", addr, err)
+		}
+		ln.Close()
+	}
+}
+
+// A workload that exits during start-up is waited for once by startDemo;
+// stopping the mesh afterwards must not wait for it again (it hung there,
+// so that dev never reported the failed workload).
+func TestStopChildrenAfterAWorkloadExited(t *testing.T) {
+	dir := t.TempDir()
+	k, err := startChild("/bin/false", "cache", filepath.Join(dir, "spec.json"), filepath.Join(dir, "cache.log"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-k.done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("/bin/false did not exit")
+	}
+	if k.err == nil {
+		t.Fatal("no exit error recorded")
+	}
+	stopped := make(chan struct{})
+	go func() {
+		stopChildren([]*child{k})
+		close(stopped)
+	}()
+	select {
+	case <-stopped:
+	case <-time.After(30 * time.Second):
+		t.Fatal("stopChildren still waits for a workload that has exited")
 	}
 }

@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -62,7 +63,13 @@ func runDevMesh(t *testing.T, dir string, full bool) {
 	case err := <-done:
 		t.Fatalf("dev exited: %v\n%s\n%s", err, out, &stderr)
 	case <-time.After(90 * time.Second):
-		t.Fatalf("dev not up:\n%s\n%s", out, &stderr)
+		// Where did it stop? A goroutine dump (SIGQUIT) and every log.
+		_ = cmd.Process.Signal(syscall.SIGQUIT)
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+		}
+		t.Fatalf("dev not up after 90s:\nstdout:\n%s\nstderr:\n%s\n%s", out, &stderr, devLogs(dir))
 	}
 
 	var st struct {
@@ -215,4 +222,20 @@ func stopDevMesh(t *testing.T, dir string, cmd *exec.Cmd, done chan error, stder
 	if _, _, code := run(t, "dev", "status", "--data-dir", dir); code != 1 {
 		t.Errorf("dev status after stop: exit %d, want 1", code)
 	}
+}
+
+// devLogs returns the last lines of every log under a dev data dir, for a
+// failure message.
+func devLogs(dir string) string {
+	var b strings.Builder
+	files, _ := filepath.Glob(filepath.Join(dir, "logs", "*.log"))
+	for _, f := range files {
+		data, _ := os.ReadFile(f)
+		lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+		if len(lines) > 30 {
+			lines = lines[len(lines)-30:]
+		}
+		fmt.Fprintf(&b, "== %s\n%s\n", f, strings.Join(lines, "\n"))
+	}
+	return b.String()
 }
