@@ -198,39 +198,6 @@ func TestFeedLines(t *testing.T) {
 	}
 }
 
-// With --base-port 0 the ports come from below the ephemeral range (where
-// no outgoing connection can take one between the check and the bind),
-// each handed out once, each free when handed out.
-func TestFreePortsStayOutOfTheEphemeralRange(t *testing.T) {
-	busy, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer busy.Close()
-	hi := ephemeralPortsStart()
-	seen := map[string]bool{}
-	for range 300 {
-		addr, err := freePort()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if seen[addr] {
-			t.Fatalf("%s handed out twice", addr)
-		}
-		seen[addr] = true
-		_, p, _ := net.SplitHostPort(addr)
-		port, _ := strconv.Atoi(p)
-		if hi-lowestFreePort >= 1000 && (port < lowestFreePort || port >= hi) {
-			t.Fatalf("%s is outside %d..%d", addr, lowestFreePort, hi-1)
-		}
-		ln, err := net.Listen("tcp", addr)
-		if err != nil {
-			t.Fatalf("%s is not free: %v", addr, err)
-		}
-		ln.Close()
-	}
-}
-
 // A workload that exits during start-up is waited for once by startDemo;
 // stopping the mesh afterwards must not wait for it again (it hung there,
 // so that dev never reported the failed workload).

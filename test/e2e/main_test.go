@@ -6,7 +6,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +15,7 @@ import (
 	"time"
 
 	"github.com/trustmesh/trustmesh/internal/apiclient"
+	"github.com/trustmesh/trustmesh/internal/freeport"
 )
 
 var binary string
@@ -83,14 +83,16 @@ type serverProc struct {
 	done    chan error
 }
 
+// freeAddr is a loopback address for a process the test starts (see
+// freeport: below the ephemeral range, so no other test's connection takes
+// it before the process binds it).
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := freeport.Addr()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return addr
 }
 
 // startServer starts the server and waits until its admin socket answers.
