@@ -183,7 +183,10 @@ func (f *forwarder) try(ctx context.Context, w http.ResponseWriter, out *http.Re
 	if t := f.g.set.UpstreamTimeout; t > 0 {
 		_ = up.SetReadDeadline(time.Now().Add(t))
 	}
-	if err = out.Write(up.BW); err == nil {
+	if !httpx.WriteRequestHead(up.BW, out) {
+		err = out.Write(up.BW)
+	}
+	if err == nil {
 		err = up.BW.Flush()
 	}
 	stale = err != nil && upconn.Stale(err)
