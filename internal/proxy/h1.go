@@ -54,6 +54,7 @@ type h1Exchange struct {
 	ci    *connInfo
 	start time.Time
 	rec   decisionRecord // inbound: the audit record
+	watch clientWatch    // while it waits on the upstream
 }
 
 // h1Forwarder serves the HTTP/1.1 connections of one listener.
@@ -89,6 +90,7 @@ func (f *h1Forwarder) serve(ctx context.Context, c net.Conn, br *bufio.Reader, l
 	// side is done with it when exchange returns (the audit record is
 	// encoded synchronously).
 	x := new(h1Exchange)
+	remote := c.RemoteAddr().String()
 	// refuse answers a request that cannot be served and ends the
 	// connection, reading what the client still sends for a moment so that
 	// it gets the answer rather than a reset.
@@ -136,7 +138,7 @@ func (f *h1Forwarder) serve(ctx context.Context, c net.Conn, br *bufio.Reader, l
 			refuse(status)
 			return
 		}
-		req.RemoteAddr = c.RemoteAddr().String()
+		req.RemoteAddr = remote
 		*x = h1Exchange{ctx: ctx, req: req, ci: ci, start: time.Now()}
 		if !f.exchange(c, br, bw, x) {
 			return
@@ -218,7 +220,7 @@ func (f *h1Forwarder) exchange(c net.Conn, br *bufio.Reader, bw *bufio.Writer, x
 		}
 		req.Body = fb
 	}
-	resp, up, err := f.roundTrip(ctx, req, c, br, bw)
+	resp, up, err := f.roundTrip(ctx, req, c, br, bw, &x.watch)
 	if errors.Is(err, errClientGone) {
 		// Nobody to answer: recorded as nginx logs it (499), not as an
 		// upstream failure.
@@ -259,7 +261,11 @@ func (f *h1Forwarder) exchange(c net.Conn, br *bufio.Reader, bw *bufio.Writer, x
 	}
 	resp.Close = !keep
 	resp.Body = &flushBeforeBlock{ReadCloser: resp.Body, src: up.BR, dst: bw, left: resp.ContentLength}
-	err = resp.Write(writerOnly{bw})
+	if handled, werr := httpx.WriteResponse(bw, resp); handled {
+		err = werr
+	} else {
+		err = resp.Write(writerOnly{bw})
+	}
 	f.side.finish(x, resp.StatusCode) // recorded before the client has the end of it
 	if err == nil {
 		err = bw.Flush()
@@ -279,7 +285,7 @@ func (f *h1Forwarder) exchange(c net.Conn, br *bufio.Reader, bw *bufio.Writer, x
 // response, relaying interim 1xx responses (100 Continue, 103) to the
 // client. A pooled connection the upstream closed while idle is retried
 // once on a new one when the request can be replayed.
-func (f *h1Forwarder) roundTrip(ctx context.Context, req *http.Request, c net.Conn, br *bufio.Reader, bw *bufio.Writer) (*http.Response, *upstream.Conn, error) {
+func (f *h1Forwarder) roundTrip(ctx context.Context, req *http.Request, c net.Conn, br *bufio.Reader, bw *bufio.Writer, cw *clientWatch) (*http.Response, *upstream.Conn, error) {
 	if fb, ok := req.Body.(*flushBeforeBlock); ok {
 		defer func() { fb.dst = nil }()
 	}
@@ -291,7 +297,9 @@ func (f *h1Forwarder) roundTrip(ctx context.Context, req *http.Request, c net.Co
 		if fb, ok := req.Body.(*flushBeforeBlock); ok {
 			fb.dst = up.BW // flush what we have before waiting for more of the body
 		}
-		err = req.Write(writerOnly{up.BW})
+		if !httpx.WriteRequestHead(up.BW, req) {
+			err = req.Write(writerOnly{up.BW})
+		}
 		if err == nil {
 			err = up.BW.Flush()
 		}
@@ -313,7 +321,8 @@ func (f *h1Forwarder) roundTrip(ctx context.Context, req *http.Request, c net.Co
 		// leave its body unread: that is still the client's to send).
 		var watch *clientWatch
 		if err == nil && (req.Body == nil || req.Body == http.NoBody || bodyDone(req)) {
-			watch = f.watches.add(c, br, up)
+			watch = cw
+			f.watches.add(watch, c, br, up)
 		}
 		for interim := 0; err == nil; interim++ {
 			var closed bool
@@ -383,11 +392,11 @@ type clientWatch struct {
 	done          chan struct{} // closed when a started watch ends
 }
 
-// add registers an exchange whose request is out to up. stop must be
-// called before the exchange reads c again. Bytes the client sends
-// meanwhile (a pipelined request) stay in br.
-func (w *clientWatches) add(c net.Conn, br *bufio.Reader, up *upstream.Conn) *clientWatch {
-	cw := &clientWatch{c: c, br: br, up: up, since: time.Now()}
+// add registers cw, an exchange whose request is out to up. stop must be
+// called before the exchange reads c again (or uses cw again). Bytes the
+// client sends meanwhile (a pipelined request) stay in br.
+func (w *clientWatches) add(cw *clientWatch, c net.Conn, br *bufio.Reader, up *upstream.Conn) {
+	*cw = clientWatch{c: c, br: br, up: up, since: time.Now()}
 	w.mu.Lock()
 	if w.waiting == nil {
 		w.waiting = map[*clientWatch]struct{}{}
@@ -398,7 +407,6 @@ func (w *clientWatches) add(c net.Conn, br *bufio.Reader, up *upstream.Conn) *cl
 		go w.scan()
 	}
 	w.mu.Unlock()
-	return cw
 }
 
 func (w *clientWatches) scan() {

@@ -40,11 +40,13 @@ type Conn struct {
 	BR   *bufio.Reader
 	BW   *bufio.Writer
 	idle time.Time
+	// check looks at the socket before a reuse (see IdleConnUsable).
+	check *idleCheck
 }
 
 // NewConn wraps a freshly dialled connection.
 func NewConn(c net.Conn) *Conn {
-	up := &Conn{Conn: c, LR: &io.LimitedReader{R: c, N: math.MaxInt64}, BW: bufio.NewWriterSize(c, 4<<10)}
+	up := &Conn{Conn: c, LR: &io.LimitedReader{R: c, N: math.MaxInt64}, BW: bufio.NewWriterSize(c, 4<<10), check: newIdleCheck(c)}
 	up.BR = bufio.NewReaderSize(up.LR, 4<<10)
 	return up
 }
@@ -112,7 +114,7 @@ func (p *Pool) Get() *Conn {
 		p.idle[n-1] = nil
 		p.idle = p.idle[:n-1]
 		p.mu.Unlock()
-		if time.Since(up.idle) < p.idleTimeout() && IdleConnUsable(up.Conn) {
+		if time.Since(up.idle) < p.idleTimeout() && up.check.usable() {
 			p.Add(up)
 			return up
 		}
