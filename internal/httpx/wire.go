@@ -53,15 +53,19 @@ func WriteRequestHead(w *bufio.Writer, r *http.Request) bool {
 	if method == "" {
 		method = http.MethodGet
 	}
-	ua := "Go-http-client/1.1" // net/http's default where the header is absent
+	// net/http's default where the header is absent; an empty first value
+	// sends none (a value of spaces still sends the field, empty).
+	ua, sendUA := "Go-http-client/1.1", true
 	if vv, ok := r.Header["User-Agent"]; ok {
 		ua = ""
 		if len(vv) > 0 {
-			ua = textproto.TrimString(vv[0])
+			ua = vv[0]
 		}
 		if needsSanitizing(ua) {
 			return false
 		}
+		sendUA = ua != ""
+		ua = textproto.TrimString(ua)
 	}
 	var keys [maxSortedFields]string
 	n, ok := sortedFields(r.Header, keys[:], requestHeadSkips)
@@ -74,7 +78,7 @@ func WriteRequestHead(w *bufio.Writer, r *http.Request) bool {
 	w.WriteString(" HTTP/1.1\r\nHost: ")
 	w.WriteString(host)
 	w.WriteString("\r\n")
-	if ua != "" {
+	if sendUA {
 		w.WriteString("User-Agent: ")
 		w.WriteString(ua)
 		w.WriteString("\r\n")
@@ -116,7 +120,7 @@ func responseSkips(k string) bool {
 // handled is true and err what writing it met. Otherwise it writes
 // nothing and handled is false. Like Response.Write it reads the body to
 // its end and closes it, and fails when the body is shorter or longer
-// than its length.
+// than its length; a head it could not write leaves the body unclosed.
 func WriteResponse(w *bufio.Writer, resp *http.Response) (handled bool, err error) {
 	code := resp.StatusCode
 	if resp.ContentLength <= 0 || len(resp.TransferEncoding) != 0 || len(resp.Trailer) != 0 || resp.Body == nil ||
@@ -161,8 +165,7 @@ func WriteResponse(w *bufio.Writer, resp *http.Response) (handled bool, err erro
 	w.WriteString("\r\n")
 	writeFields(w, resp.Header, keys[:n])
 	if _, err := w.WriteString("\r\n"); err != nil {
-		resp.Body.Close()
-		return true, err
+		return true, err // as Response.Write: the body is not closed (closing would read it to its end)
 	}
 	copied, err := copyBody(w, resp.Body, resp.ContentLength)
 	if err == nil {
@@ -191,12 +194,19 @@ func copyBody(w *bufio.Writer, body io.Reader, n int64) (copied int64, err error
 	bp := copyBuffers.Get().(*[]byte)
 	defer copyBuffers.Put(bp)
 	buf := *bp
-	for copied < n {
+	for empty := 0; copied < n; {
 		p := buf
 		if left := n - copied; int64(len(p)) > left {
 			p = p[:left]
 		}
 		m, rerr := body.Read(p)
+		if m == 0 && rerr == nil {
+			if empty++; empty == 100 { // as bufio.Writer.ReadFrom gives up
+				return copied, io.ErrNoProgress
+			}
+			continue
+		}
+		empty = 0
 		if m > 0 {
 			if _, err := w.Write(p[:m]); err != nil {
 				return copied, err

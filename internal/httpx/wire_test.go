@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"io"
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 )
@@ -53,11 +54,13 @@ func TestWriteRequestHeadMatchesNetHTTP(t *testing.T) {
 		taken  bool
 	}{
 		{raw: "GET /api/items?id=1 HTTP/1.1\r\nHost: api.example\r\nUser-Agent: bench\r\nAccept: */*\r\nX-Request-Id: 0f8f\r\n\r\n", taken: true},
-		{raw: "GET / HTTP/1.1\r\nHost: a\r\n\r\n", taken: true},                                                                          // default User-Agent
-		{raw: "GET / HTTP/1.1\r\nHost: a\r\n\r\n", mutate: func(r *http.Request) { r.Header["User-Agent"] = []string{""} }, taken: true}, // none
-		{raw: "GET / HTTP/1.1\r\nHost: a\r\nUser-Agent: one\r\nUser-Agent: two\r\n\r\n", taken: true},                                    // the first only
-		{raw: "DELETE /x HTTP/1.1\r\nHost: a\r\n\r\n", taken: true},                                                                      // no length
-		{raw: "POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n", taken: true},                                                   // Content-Length: 0
+		{raw: "GET / HTTP/1.1\r\nHost: a\r\n\r\n", taken: true},                                                                           // default User-Agent
+		{raw: "GET / HTTP/1.1\r\nHost: a\r\n\r\n", mutate: func(r *http.Request) { r.Header["User-Agent"] = []string{""} }, taken: true},  // none
+		{raw: "GET / HTTP/1.1\r\nHost: a\r\nUser-Agent: one\r\nUser-Agent: two\r\n\r\n", taken: true},                                     // the first only
+		{raw: "GET / HTTP/1.1\r\nHost: a\r\n\r\n", mutate: func(r *http.Request) { r.Header["User-Agent"] = []string{" "} }, taken: true}, // an empty field
+		{raw: "GET / HTTP/1.1\r\nHost: a\r\n\r\n", mutate: func(r *http.Request) { r.Header["User-Agent"] = nil }, taken: true},           // none
+		{raw: "DELETE /x HTTP/1.1\r\nHost: a\r\n\r\n", taken: true},                                                                       // no length
+		{raw: "POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n", taken: true},                                                    // Content-Length: 0
 		{raw: "PATCH /x HTTP/1.1\r\nHost: a\r\n\r\n", taken: true},
 		{raw: "HEAD /x HTTP/1.1\r\nHost: a:8080\r\nB: 2\r\nA: 1\r\nA: 0\r\nC:  padded  \r\n\r\n", taken: true}, // sorted, multi-valued, trimmed
 		{raw: "GET /p%20q/%2F?x=%41&y HTTP/1.1\r\nHost: a\r\n\r\n", taken: true},                               // escaped path kept
@@ -179,6 +182,85 @@ func FuzzWriteResponse(f *testing.F) {
 			}
 			io.Copy(io.Discard, a.Body) // the raw form parses: compare
 			compareResponse(t, raw, m, func(r *http.Response) { r.Close = r.Close || close })
+		}
+	})
+}
+
+// failingWriter fails every write.
+type failingWriter struct{}
+
+func (failingWriter) Write([]byte) (int, error) { return 0, io.ErrClosedPipe }
+
+type closeRecorder struct {
+	io.Reader
+	closed bool
+}
+
+func (c *closeRecorder) Close() error { c.closed = true; return nil }
+
+// A head that cannot be written leaves the body unclosed, as net/http
+// does: closing a response body before its end would read the rest of it
+// from the upstream first.
+func TestWriteResponseHeadFailureLeavesBodyOpen(t *testing.T) {
+	for _, write := range []func(*bufio.Writer, *http.Response) error{
+		func(w *bufio.Writer, r *http.Response) error { return r.Write(w) },
+		func(w *bufio.Writer, r *http.Response) error {
+			handled, err := WriteResponse(w, r)
+			if !handled {
+				t.Fatal("not taken")
+			}
+			return err
+		},
+	} {
+		body := &closeRecorder{Reader: strings.NewReader("hello")}
+		resp := &http.Response{StatusCode: 200, ProtoMajor: 1, ProtoMinor: 1, ContentLength: 5, Body: body,
+			Header: http.Header{"X-Big": {strings.Repeat("a", 8000)}}}
+		if err := write(bufio.NewWriterSize(failingWriter{}, 4096), resp); err == nil {
+			t.Fatal("no error")
+		}
+		if body.closed {
+			t.Fatal("the body was closed")
+		}
+	}
+}
+
+// Messages built in code rather than parsed (values untrimmed, hosts and
+// paths of any kind): the same bytes as net/http, or refused.
+func FuzzWriteRequestHeadBuilt(f *testing.F) {
+	f.Add("GET", "a:80", "/p", "", "X-A", " v ", " ", true)
+	f.Add("POST", "[::1%25en0]:80", "/a b", "q=1", "user-agent", "x", "", false)
+	f.Fuzz(func(t *testing.T, method, host, path, query, key, value, ua string, setUA bool) {
+		r := &http.Request{Method: method, Host: host, URL: &url.URL{Path: path, RawQuery: query}, Header: http.Header{key: {value}}}
+		if setUA {
+			r.Header["User-Agent"] = []string{ua}
+		}
+		compareRequestHead(t, r)
+	})
+}
+
+func FuzzWriteResponseBuilt(f *testing.F) {
+	f.Add(200, "200 OK", 1, 1, "X-A", " v ", "hello", 0, false, "GET")
+	f.Add(404, "", 1, 0, "Connection", "close", "x", 1, true, "HEAD")
+	f.Fuzz(func(t *testing.T, code int, status string, major, minor int, key, value, body string, lengthDelta int, close bool, method string) {
+		build := func() *http.Response {
+			return &http.Response{StatusCode: code, Status: status, ProtoMajor: major, ProtoMinor: minor,
+				Header: http.Header{key: {value}}, ContentLength: int64(len(body) + lengthDelta%4), Close: close,
+				Body: io.NopCloser(strings.NewReader(body)), Request: &http.Request{Method: method}}
+		}
+		var want bytes.Buffer
+		werr := build().Write(&want)
+		var got bytes.Buffer
+		bw := bufio.NewWriter(&got)
+		handled, err := WriteResponse(bw, build())
+		bw.Flush()
+		if !handled {
+			if got.Len() != 0 || err != nil {
+				t.Fatalf("refused but wrote %q (%v)", got.String(), err)
+			}
+			return
+		}
+		if (err == nil) != (werr == nil) || got.String() != want.String() {
+			t.Fatalf("differs from net/http's (err %v, net/http's %v):\n got %q\nwant %q", err, werr, got.String(), want.String())
 		}
 	})
 }

@@ -260,7 +260,7 @@ func (f *h1Forwarder) exchange(c net.Conn, br *bufio.Reader, bw *bufio.Writer, x
 		keep = keep && resp.ContentLength >= 0
 	}
 	resp.Close = !keep
-	resp.Body = &flushBeforeBlock{ReadCloser: resp.Body, src: up.BR, dst: bw, left: resp.ContentLength}
+	resp.Body = &flushBeforeBlock{ReadCloser: resp.Body, src: up.BR, dst: bw, left: resp.ContentLength, cut: up}
 	if handled, werr := httpx.WriteResponse(bw, resp); handled {
 		err = werr
 	} else {
@@ -604,6 +604,22 @@ type flushBeforeBlock struct {
 	left       int64         // bytes of the body still to come; -1 unknown
 	eof        bool
 	clientErr  bool // reading the body from the client (or answering 100 Continue) failed
+	// cut is, for a response body, the upstream connection: see Close.
+	cut net.Conn
+}
+
+// Close closes the body. Closing a response body before its end reads the
+// rest of it from the upstream first (for as long as the upstream takes);
+// when that is because writing to the client failed (dst holds the error),
+// the upstream's read is cut short first: that connection is discarded
+// anyway, and the exchange is over.
+func (f *flushBeforeBlock) Close() error {
+	if f.cut != nil && !f.eof && f.dst != nil {
+		if _, err := f.dst.Write(nil); err != nil { // bufio.Writer's sticky error, nothing written
+			_ = f.cut.SetReadDeadline(time.Unix(1, 0))
+		}
+	}
+	return f.ReadCloser.Close()
 }
 
 func (f *flushBeforeBlock) Read(p []byte) (int, error) {

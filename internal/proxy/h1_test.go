@@ -993,3 +993,51 @@ func TestH1ShutdownOfWatchedExchange(t *testing.T) {
 		t.Fatalf("recorded %v, %d upstream failures", side.finished, side.failed)
 	}
 }
+
+// A client that resets its connection while its response is on the way:
+// the proxy lets go of the upstream connection at once, rather than read
+// the rest of the body first (for as long as the upstream takes — here
+// forever), whether writing the head or a part of the body failed.
+func TestH1ClientResetDuringResponse(t *testing.T) {
+	for _, tc := range []struct{ name, head, body string }{
+		{"head", "X-Big: " + strings.Repeat("a", 6000) + "\r\n", "some"}, // the head overflows the client's buffer
+		{"body", "", strings.Repeat("b", 80000)},                         // the first part of the body already does
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			arrived, answer, upstreamClosed := make(chan struct{}), make(chan struct{}), make(chan struct{})
+			addr := startRawUpstream(t, func(c net.Conn, br *bufio.Reader) {
+				if _, err := http.ReadRequest(br); err != nil {
+					return
+				}
+				close(arrived)
+				<-answer
+				// 100 MB announced, a part sent, the rest never.
+				fmt.Fprintf(c, "HTTP/1.1 200 OK\r\n%sContent-Length: 100000000\r\n\r\n%s", tc.head, tc.body)
+				if _, err := br.ReadByte(); err != nil && !isTimeout(err) {
+					close(upstreamClosed)
+				}
+			})
+			paddr, side, _ := startH1(t, addr)
+			c, _ := dialH1(t, paddr)
+			fmt.Fprint(c, "GET / HTTP/1.1\r\nHost: api\r\n\r\n")
+			<-arrived
+			_ = c.(*net.TCPConn).SetLinger(0)
+			c.Close() // a reset
+			close(answer)
+			select {
+			case <-upstreamClosed:
+			case <-time.After(10 * time.Second):
+				t.Fatal("the upstream connection is still held after the client's reset")
+			}
+			waitRecorded(t, side, 1)
+			side.mu.Lock()
+			defer side.mu.Unlock()
+			if side.finished[0] == statusClientClosedRequest {
+				t.Skip("the client watch saw the reset first (the answer took over a second): not the case under test")
+			}
+			if side.finished[0] != http.StatusOK {
+				t.Fatalf("recorded %v", side.finished)
+			}
+		})
+	}
+}
