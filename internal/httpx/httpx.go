@@ -1,8 +1,9 @@
 // Package httpx holds the HTTP pieces the sidecar proxy and the access
 // gateway share on their request paths: a response writer that records
 // the status, a buffer pool for httputil.ReverseProxy, the protocol
-// upgrade rule, the hop-by-hop header rule, and identity-header matching
-// that a client cannot dodge with underscores.
+// upgrade rule, the hop-by-hop header rule, identity-header matching
+// that a client cannot dodge with underscores, and HTTP/1.1 writers for
+// the common request and response heads (wire.go).
 package httpx
 
 import (
