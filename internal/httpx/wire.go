@@ -17,7 +17,6 @@ import (
 	"net/http"
 	"net/textproto"
 	"strconv"
-	"sync"
 
 	"golang.org/x/net/http/httpguts"
 )
@@ -184,15 +183,12 @@ func WriteResponse(w *bufio.Writer, resp *http.Response) (handled bool, err erro
 	return true, err
 }
 
-// copyBuffers hold bodies on their way, as net/http pools its own.
-var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
-
 // copyBody copies up to n bytes of body to w. (Not through w's
 // io.ReaderFrom: under it a net.TCPConn's would allocate a buffer per
 // call.)
 func copyBody(w *bufio.Writer, body io.Reader, n int64) (copied int64, err error) {
-	bp := copyBuffers.Get().(*[]byte)
-	defer copyBuffers.Put(bp)
+	bp := buffers.Get().(*[]byte) // the 32 KiB buffers of BufferPool
+	defer buffers.Put(bp)
 	buf := *bp
 	for empty := 0; copied < n; {
 		p := buf

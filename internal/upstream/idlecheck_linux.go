@@ -10,13 +10,14 @@ import (
 )
 
 // IdleConnUsable: a pooled upstream connection has nothing to read. Bytes
-// an upstream sent while the connection sat idle would be taken for the
-// next request's response, and an EOF means the upstream closed it, so a
-// request that cannot be replayed (a POST) would fail on it. One
-// non-blocking MSG_PEEK on the socket tells; anything but "would block"
-// discards the connection, which at worst costs a new dial (on a TLS
-// connection a late post-handshake message such as a KeyUpdate reads as
-// data too). The pool keeps an idleCheck per connection instead.
+// an upstream sent while the connection sat idle would otherwise be read
+// as the next client's response (http.Transport's readLoop calls them an
+// "unsolicited response" and drops the connection), and an EOF means the
+// upstream closed it, so a request that cannot be replayed (a POST) would
+// fail on it. One non-blocking MSG_PEEK on the socket tells; anything but
+// "would block" discards the connection, which at worst costs a new dial
+// (on a TLS connection a late post-handshake message such as a KeyUpdate
+// reads as data too). The pool keeps an idleCheck per connection instead.
 func IdleConnUsable(c net.Conn) bool { return newIdleCheck(c).usable() }
 
 // idleCheck is one connection's MSG_PEEK, set up once: the raw socket and
