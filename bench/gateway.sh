@@ -20,7 +20,11 @@
 # wrapper with net/http/pprof on BASE_PORT+4 (the product has no pprof
 # endpoint) and, after the rounds, writes DIR/session.pprof and
 # DIR/bearer.pprof: CPU profiles of one more DURATION run of each
-# (`go tool pprof -top DIR/session.pprof`).
+# (`go tool pprof -top DIR/session.pprof`). PERF=1 also counts, with
+# `perf stat`, the system calls and context switches per request of the
+# proxying processes (the gateway; nginx's master and workers): where the
+# two do as many system calls, the rest of the difference in CPU per
+# request is user space.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,6 +36,7 @@ CONNS=${CONNS:-32}
 BASE_PORT=${BASE_PORT:-18600}
 KEEP=${KEEP:-0}
 PROFILE=${PROFILE:-}
+PERF=${PERF:-0}
 PPROF_ADDR=127.0.0.1:$((BASE_PORT + 4))
 IDP_ADDR=127.0.0.1:$((BASE_PORT + 1))
 BACKEND_ADDR=127.0.0.1:$((BASE_PORT + 2))
@@ -40,6 +45,7 @@ NGINX_ADDR=127.0.0.1:$((BASE_PORT + 5))
 NGINX=$(command -v nginx || { [ -x /usr/sbin/nginx ] && echo /usr/sbin/nginx; } || true)
 
 command -v wrk >/dev/null || { echo "gateway bench: wrk is required (apt-get install wrk)" >&2; exit 1; }
+[ "$PERF" != 1 ] || command -v perf >/dev/null || { echo "gateway bench: PERF=1 needs perf (apt-get install linux-perf)" >&2; exit 1; }
 work=$(mktemp -d)
 helper_dir=$(mktemp -d -p bench .gateway-helper-XXXX)
 pids=()
@@ -220,6 +226,12 @@ ticks() { # setup name
     *) echo 0 ;;
   esac
 }
+proxy_pids() { # setup name: the proxying processes, comma-separated
+  case $1 in
+    session | bearer) echo "$GW_PID" ;;
+    nginx) (IFS=,; echo "${NGINX_PIDS[*]}") ;;
+  esac
+}
 TICK=$(getconf CLK_TCK)
 # wrk prints Requests/sec and, with --latency, the 99% line. Also printed:
 # the proxying processes' CPU time per request in microseconds (the
@@ -227,11 +239,16 @@ TICK=$(getconf CLK_TCK)
 # than requests/s on a shared machine.
 measure() { # name duration args...
   local name=$1 d=$2; shift 2
-  local out t0 t1
+  local out t0 t1 perf_out="" perf_job=""
+  if [ "$PERF" = 1 ] && [ "$name" != direct ]; then
+    perf_out=$work/perf.$name.$RANDOM
+    perf stat -x, -e context-switches,raw_syscalls:sys_enter -p "$(proxy_pids "$name")" -o "$perf_out" -- sleep "$d" 2>/dev/null &
+    perf_job=$!
+  fi
   t0=$(ticks "$name")
   out=$(wrk -t"$THREADS" -c"$CONNS" -d"${d}s" --latency "$@")
   t1=$(ticks "$name")
-  local rps p99 n cpu
+  local rps p99 n cpu sysc=0 csw=0
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   n=$(awk '/requests in/ {print $1}' <<<"$out")
   cpu=0
@@ -240,7 +257,12 @@ measure() { # name duration args...
   local errs
   errs=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out")
   [ -z "$errs" ] || echo "  $name: $errs" >&2
-  echo "$name $rps $p99 $cpu"
+  if [ -n "$perf_job" ]; then
+    wait "$perf_job" || true
+    sysc=$(awk -F, -v n="$n" '$3 ~ /raw_syscalls:sys_enter/ {printf "%.2f", $1 / n}' "$perf_out")
+    csw=$(awk -F, -v n="$n" '$3 ~ /context-switches/ {printf "%.2f", $1 / n}' "$perf_out")
+  fi
+  echo "$name $rps $p99 $cpu ${sysc:-0} ${csw:-0}"
 }
 if [ -n "$NGINX" ]; then
   mkdir -p "$work/nginx"
@@ -311,7 +333,7 @@ fi
 echo
 echo "wrk -t$THREADS -c$CONNS, $ROUNDS rounds of ${DURATION}s, medians:"
 awk '
-{ rps[$1, ++n[$1]] = $2; p99[$1, n[$1]] = $3; cpu[$1, n[$1]] = $4 }
+{ rps[$1, ++n[$1]] = $2; p99[$1, n[$1]] = $3; cpu[$1, n[$1]] = $4; sysc[$1, n[$1]] = $5; csw[$1, n[$1]] = $6 }
 function median(arr, name, k,   i, j, t, v) {
   for (i = 1; i <= k; i++) v[i] = arr[name, i]
   for (i = 1; i <= k; i++) for (j = i + 1; j <= k; j++) if (v[j] + 0 < v[i] + 0) { t = v[i]; v[i] = v[j]; v[j] = t }
@@ -330,5 +352,11 @@ END {
     r = median(rps, "nginx", n["nginx"]); p = median(p99, "nginx", n["nginx"]); c = median(cpu, "nginx", n["nginx"])
     printf "%-10s %12.0f %10.2f %10.2f %9.2f ms %14.1f   (reference: plain nginx reverse proxy, no auth)\n", "nginx", r, p, r / dr, p - dp, c
   }
+  if (perf) {
+    printf "\nper request, the proxying processes (perf stat, medians):\n"
+    split("session bearer nginx", all, " ")
+    for (i = 1; i <= 3; i++) if (n[all[i]] > 0)
+      printf "  %-8s %6.1f syscalls  %5.2f context switches  %6.1f CPU us\n", all[i], median(sysc, all[i], n[all[i]]), median(csw, all[i], n[all[i]]), median(cpu, all[i], n[all[i]])
+  }
   printf "\nTargets: >= 0.50x direct throughput, added p99 <= 1 ms.\n"
-}' "$results"
+}' perf="$([ "$PERF" = 1 ] && echo 1 || echo 0)" "$results"

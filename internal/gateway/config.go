@@ -107,6 +107,11 @@ type BearerConfig struct {
 	// without email_verified=true (default: it does not; an access token
 	// that carries no email_verified claim matches no email rule).
 	AllowUnverifiedEmail bool `yaml:"allow_unverified_email"`
+	// TokenTypes, when set, are the JOSE "typ" headers a token must carry:
+	// [at+jwt] accepts only RFC 9068 JWT access tokens, so an ID token
+	// of the same issuer and audience is refused (default: any typ, as
+	// oauth2-proxy accepts ID tokens as bearer tokens).
+	TokenTypes []string `yaml:"token_types"`
 }
 
 // SessionConfig is where sessions live and how long.
@@ -562,6 +567,11 @@ func (c Config) Resolve() (Settings, error) {
 				add("%s.algorithms %q: want asymmetric algorithms only (%s)", key, a, strings.Join(bearer.AsymmetricAlgorithms, ", "))
 			}
 		}
+		for _, t := range b.TokenTypes {
+			if bearer.NormalizeTokenType(t) == "" {
+				add("%s.token_types: an empty type (want e.g. at+jwt)", key)
+			}
+		}
 		if b.JWKSURL != "" {
 			if u, err := url.Parse(b.JWKSURL); err != nil || u.Host == "" || (u.Scheme != "https" && !(u.Scheme == "http" && isLoopbackHost(u.Hostname()))) {
 				add("%s.jwks_url %q: want an https URL (http only on loopback)", key, b.JWKSURL)
@@ -579,7 +589,7 @@ func (c Config) Resolve() (Settings, error) {
 			add("%s.leeway %s: want 0 to 5m", key, leeway)
 		}
 		s.Bearer = append(s.Bearer, BearerIssuer{
-			Issuer:    bearer.Issuer{Issuer: b.Issuer, Audiences: b.Audiences, JWKSURL: b.JWKSURL, Algorithms: b.Algorithms, Leeway: leeway},
+			Issuer:    bearer.Issuer{Issuer: b.Issuer, Audiences: b.Audiences, JWKSURL: b.JWKSURL, Algorithms: b.Algorithms, Leeway: leeway, TokenTypes: b.TokenTypes},
 			UserClaim: orDefault(b.UserClaim, "sub"), EmailClaim: orDefault(b.EmailClaim, "email"), GroupsClaim: orDefault(b.GroupsClaim, "groups"),
 			AllowUnverifiedEmail: b.AllowUnverifiedEmail,
 		})

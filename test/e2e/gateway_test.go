@@ -41,7 +41,7 @@ func TestGatewayValidate(t *testing.T) {
 identity_providers:
   - {name: corp, issuer: "http://idp.example.com", client_id: x, client_secret: y}
 bearer_tokens:
-  - {issuer: "https://idp.example.com", audiences: [a], algorithms: [HS256]}
+  - {issuer: "https://idp.example.com", audiences: [a], algorithms: [HS256], token_types: [at+jwt, ""]}
 routes:
   - {name: tool, upstream: "ftp://x"}
 unknown_key: 1
@@ -49,7 +49,7 @@ unknown_key: 1
 		t.Fatal(err)
 	}
 	_, errOut, code := run(t, "gateway", "validate", "--config", bad)
-	for _, want := range []string{"unknown_key", "plain http is refused", "HS256", "allows nobody", "ftp://x", "external_url"} {
+	for _, want := range []string{"unknown_key", "plain http is refused", "HS256", "token_types: an empty type", "allows nobody", "ftp://x", "external_url"} {
 		if !strings.Contains(errOut, want) {
 			t.Errorf("validate output lacks %q:\n%s", want, errOut)
 		}

@@ -40,12 +40,13 @@ const (
 	ReasonIssuedInFuture  Reason = "issued_in_future"
 	ReasonWrongAudience   Reason = "wrong_audience"
 	ReasonMissingClaim    Reason = "missing_claim"
+	ReasonWrongType       Reason = "wrong_type"
 	ReasonKeysUnavailable Reason = "jwks_unavailable"
 )
 
 // Reasons lists every Reason (to pre-register metrics).
 var Reasons = []Reason{ReasonOversized, ReasonMalformed, ReasonAlgNotAllowed, ReasonWrongIssuer, ReasonUnknownKID,
-	ReasonBadSignature, ReasonExpired, ReasonNotYetValid, ReasonIssuedInFuture, ReasonWrongAudience, ReasonMissingClaim, ReasonKeysUnavailable}
+	ReasonBadSignature, ReasonExpired, ReasonNotYetValid, ReasonIssuedInFuture, ReasonWrongAudience, ReasonMissingClaim, ReasonWrongType, ReasonKeysUnavailable}
 
 // Error is a rejected token.
 type Error struct {
@@ -80,6 +81,12 @@ type Issuer struct {
 	JWKSURL    string
 	Algorithms []string      // default AsymmetricAlgorithms
 	Leeway     time.Duration // clock skew allowed on exp, nbf and iat
+	// TokenTypes, when set, are the JOSE "typ" values a token must carry
+	// (RFC 8725 section 3.11, explicit typing): [at+jwt] takes only JWT
+	// access tokens (RFC 9068) and so refuses the issuer's ID tokens,
+	// which carry the same iss and often the same aud. Compared as media
+	// types: case-insensitively, with or without "application/".
+	TokenTypes []string
 }
 
 // Options tune a Verifier.
@@ -127,9 +134,10 @@ type cached struct {
 }
 
 type issuer struct {
-	cfg  Issuer
-	algs map[string]bool
-	keys *keySet
+	cfg   Issuer
+	algs  map[string]bool
+	types []string // normalized TokenTypes
+	keys  *keySet
 }
 
 // New prepares a verifier; no network access happens until a token needs keys.
@@ -168,6 +176,12 @@ func New(issuers []Issuer, opts Options) (*Verifier, error) {
 			c.Algorithms = AsymmetricAlgorithms
 		}
 		is := &issuer{cfg: c, algs: map[string]bool{}}
+		for _, t := range c.TokenTypes {
+			if NormalizeTokenType(t) == "" {
+				return nil, fmt.Errorf("bearer: issuer %q: an empty token type", c.Issuer)
+			}
+			is.types = append(is.types, NormalizeTokenType(t))
+		}
 		for _, a := range c.Algorithms {
 			if !slices.Contains(AsymmetricAlgorithms, a) {
 				return nil, fmt.Errorf("bearer: issuer %q: algorithm %q is not allowed: want one of %s", c.Issuer, a, strings.Join(AsymmetricAlgorithms, ", "))
@@ -190,6 +204,15 @@ func (v *Verifier) Issuers() int { return len(v.issuers) }
 type header struct {
 	Alg string `json:"alg"`
 	Kid string `json:"kid"`
+	Typ string `json:"typ"`
+}
+
+// NormalizeTokenType is a JOSE typ as a comparable media type: lower
+// case, without the "application/" prefix RFC 7515 section 4.1.9 lets a
+// writer omit.
+func NormalizeTokenType(typ string) string {
+	t := strings.ToLower(strings.TrimSpace(typ))
+	return strings.TrimPrefix(t, "application/")
 }
 
 // registered are the claims Verify checks. Numeric dates must be numbers.
@@ -291,6 +314,11 @@ func (v *Verifier) verify(ctx context.Context, raw string, now time.Time) (*Toke
 	}
 	if !verified {
 		return nil, reject(ReasonBadSignature, "signature does not verify with the issuer's key(s) for kid %q", truncate(h.Kid))
+	}
+	// (Checked once the signature holds: the header is signed too, so a
+	// token refused here really is one the issuer made for another use.)
+	if len(is.types) > 0 && !slices.Contains(is.types, NormalizeTokenType(h.Typ)) {
+		return nil, reject(ReasonWrongType, "typ %q is not one of %q (an ID token, or another kind of JWT the issuer signs?)", truncate(h.Typ), is.cfg.TokenTypes)
 	}
 	leeway := is.cfg.Leeway
 	switch {

@@ -19,6 +19,7 @@ import (
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
+	gjwt "github.com/golang-jwt/jwt/v5"
 	"github.com/oauth2-proxy/mockoidc"
 )
 
@@ -295,3 +296,67 @@ func TestCache(t *testing.T) {
 		t.Fatalf("the second verification should come from the cache: %v %v", err1, err2)
 	}
 }
+
+// TestTokenTypes: with token_types [at+jwt], only explicitly typed access
+// tokens pass (typ compared as a media type); an ID token of the same
+// issuer and audience (typ JWT, as mockoidc's own signer writes it) or an
+// untyped token is refused with wrong_type. Without token_types any typ
+// passes.
+func TestTokenTypes(t *testing.T) {
+	p := startIdP(t)
+	now := time.Now()
+	typed := func(typ string) string {
+		opts := (&jose.SignerOptions{}).WithHeader("kid", p.kid)
+		if typ != "" {
+			opts = opts.WithType(jose.ContentType(typ))
+		}
+		s, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.RS256, Key: p.key}, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw, err := jwt.Signed(s).Claims(goodClaims(p.m.Issuer(), now)).Serialize()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return raw
+	}
+	idToken, err := p.m.Keypair.SignJWT(mockoidcClaims(goodClaims(p.m.Issuer(), now)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	strict, err := New([]Issuer{{Issuer: p.m.Issuer(), Audiences: []string{"my-application"}, TokenTypes: []string{"at+jwt"}}},
+		Options{Now: time.Now, CacheSize: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	open := newVerifier(t, p, time.Now)
+	for _, tc := range []struct {
+		name, raw string
+		strictOK  bool
+	}{
+		{"at+jwt", typed("at+jwt"), true},
+		{"application/AT+JWT", typed("application/AT+JWT"), true},
+		{"typ JWT", typed("JWT"), false},
+		{"no typ", typed(""), false},
+		{"mockoidc ID token", idToken, false},
+	} {
+		_, err := strict.Verify(context.Background(), tc.raw)
+		if tc.strictOK && err != nil {
+			t.Errorf("%s: refused: %v", tc.name, err)
+		}
+		if !tc.strictOK {
+			if e, ok := AsError(err); !ok || e.Reason != ReasonWrongType {
+				t.Errorf("%s: got %v, want %s", tc.name, err, ReasonWrongType)
+			}
+		}
+		if _, err := open.Verify(context.Background(), tc.raw); err != nil {
+			t.Errorf("%s: refused without token_types: %v", tc.name, err)
+		}
+	}
+	if _, err := New([]Issuer{{Issuer: "https://i", Audiences: []string{"a"}, TokenTypes: []string{" "}}}, Options{}); err == nil {
+		t.Error("an empty token type was accepted")
+	}
+}
+
+// mockoidcClaims are claims for mockoidc's own signer (golang-jwt).
+func mockoidcClaims(c map[string]any) gjwt.MapClaims { return gjwt.MapClaims(c) }
