@@ -177,10 +177,11 @@ func New(issuers []Issuer, opts Options) (*Verifier, error) {
 		}
 		is := &issuer{cfg: c, algs: map[string]bool{}}
 		for _, t := range c.TokenTypes {
-			if NormalizeTokenType(t) == "" {
+			nt := NormalizeTokenType(t)
+			if nt == "" {
 				return nil, fmt.Errorf("bearer: issuer %q: an empty token type", c.Issuer)
 			}
-			is.types = append(is.types, NormalizeTokenType(t))
+			is.types = append(is.types, nt)
 		}
 		for _, a := range c.Algorithms {
 			if !slices.Contains(AsymmetricAlgorithms, a) {
