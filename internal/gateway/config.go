@@ -432,6 +432,17 @@ func (c Config) Resolve() (Settings, error) {
 	if !validCookieName(s.CookieName) {
 		add("session.cookie_name %q: not a cookie name", s.CookieName)
 	}
+	// Browsers drop a __Secure- cookie that is not Secure, and a __Host-
+	// cookie that is not Secure, has a Domain, or a Path other than /
+	// (RFC 6265bis 4.1.3): refuse settings that would make logins fail.
+	if p := cookiePrefix(s.CookieName); p != "" {
+		if s.ExternalURL != nil && s.ExternalURL.Scheme != "https" {
+			add("session.cookie_name %q: a %s cookie needs an https external_url", s.CookieName, p)
+		}
+		if p == hostCookiePrefix && s.CookieDomain != "" {
+			add("session.cookie_name %q: a __Host- cookie cannot have session.cookie_domain", s.CookieName)
+		}
+	}
 	if d := s.CookieDomain; d != "" {
 		host := ""
 		if s.ExternalURL != nil {
@@ -735,6 +746,22 @@ func validHostPattern(h string) bool {
 		}
 	}
 	return true
+}
+
+const (
+	secureCookiePrefix = "__Secure-"
+	hostCookiePrefix   = "__Host-"
+)
+
+// cookiePrefix is the RFC 6265bis name prefix of a cookie name, if any.
+// Browsers match the prefixes case-insensitively.
+func cookiePrefix(name string) string {
+	for _, p := range []string{hostCookiePrefix, secureCookiePrefix} {
+		if len(name) >= len(p) && strings.EqualFold(name[:len(p)], p) {
+			return p
+		}
+	}
+	return ""
 }
 
 func validCookieName(n string) bool {

@@ -267,7 +267,7 @@ func (g *Gateway) callback(w http.ResponseWriter, r *http.Request) {
 		AuthMethod: "session", IdP: p.cfg.Name, Session: id.ref(), Mode: "login",
 	})
 	g.setSessionCookie(w, r, p.cfg.Name, value, g.set.MaxLifetime)
-	g.clearCookie(w, r, g.csrfCookieName(), "/oauth2/")
+	g.clearCookie(w, r, g.csrfCookieName(), g.loginCookiePath())
 	setPageHeaders(w)
 	target := ls.RD
 	if u, err := url.Parse(target); err == nil && ls.HandoffBinding != "" && !g.coveredByCookie(u.Host) && g.servesHost(strings.ToLower(u.Hostname())) {
@@ -540,7 +540,7 @@ func (g *Gateway) serveHandoff(w http.ResponseWriter, r *http.Request) {
 		fail("no hand-off cookie: the login did not start in this browser")
 		return
 	}
-	g.clearCookie(w, r, g.handoffCookieName(), "/oauth2/")
+	g.clearCookie(w, r, g.handoffCookieName(), g.loginCookiePath())
 	sealed, err := g.store.TakeTicket(r.Context(), "handoff:"+hashString("handoff", code))
 	if err != nil {
 		fail("unknown, expired or used code")

@@ -498,3 +498,64 @@ func TestLoginStartsLimitedPerClient(t *testing.T) {
 		t.Fatalf("after a minute: %d", r.StatusCode)
 	}
 }
+
+// TestHostPrefixedCookieName: under a __Host- cookie name every cookie
+// the gateway sets (login binding, session, and their clearing) is
+// Secure, Path=/ and without Domain, or browsers would drop it. The
+// gateway sits behind a TLS terminator here (X-Forwarded-Proto from
+// loopback); the browser is played by hand because a cookie jar never
+// sends Secure cookies over the test's plain http.
+func TestHostPrefixedCookieName(t *testing.T) {
+	var external string
+	h := newHarness(t, harnessOpts{mutate: func(c *Config) {
+		external = strings.Replace(c.ExternalURL, "http://", "https://", 1)
+		c.ExternalURL = external
+		c.Session.CookieName = "__Host-tm"
+	}})
+	cookies := map[string]string{}
+	var setCookies []*http.Cookie
+	hop := func(target string) *http.Response {
+		t.Helper()
+		target = strings.Replace(target, external, h.url, 1)
+		hdr := map[string]string{}
+		if strings.HasPrefix(target, h.url) || strings.HasPrefix(target, "/") {
+			hdr["X-Forwarded-Proto"] = "https"
+			var parts []string
+			for k, v := range cookies {
+				parts = append(parts, k+"="+v)
+			}
+			hdr["Cookie"] = strings.Join(parts, "; ")
+		}
+		resp := h.get(noFollow(http.DefaultClient), target, hdr)
+		for _, c := range resp.Cookies() {
+			setCookies = append(setCookies, c)
+			if c.MaxAge < 0 {
+				delete(cookies, c.Name)
+			} else {
+				cookies[c.Name] = c.Value
+			}
+		}
+		return resp
+	}
+	resp := hop("/dashboard")
+	for i := 0; i < 5 && resp.StatusCode == http.StatusFound; i++ {
+		resp = hop(resp.Header.Get("Location"))
+	}
+	if resp.StatusCode != http.StatusOK || bodyOf(resp) != "hello from upstream" {
+		t.Fatalf("login ended with %d: %s", resp.StatusCode, bodyOf(resp))
+	}
+	if _, ok := cookies["__Host-tm"]; !ok || len(cookies) != 1 {
+		t.Fatalf("cookies after login: %v", cookies)
+	}
+	if len(setCookies) < 3 { // binding cookie set, session set, binding cleared
+		t.Fatalf("Set-Cookie seen: %v", setCookies)
+	}
+	for _, c := range setCookies {
+		if !strings.HasPrefix(c.Name, "__Host-tm") || !c.Secure || c.Path != "/" || c.Domain != "" || !c.HttpOnly {
+			t.Errorf("a browser drops this __Host- cookie: %s", c)
+		}
+	}
+	if ck := h.up.header().Get("Cookie"); strings.Contains(ck, "__Host-tm") {
+		t.Fatalf("the gateway's cookie reached the upstream: %q", ck)
+	}
+}

@@ -295,7 +295,7 @@ func (ls *liveSession) identity() *Identity {
 func (g *Gateway) setSessionCookie(w http.ResponseWriter, r *http.Request, provider, value string, maxAge time.Duration) {
 	http.SetCookie(w, &http.Cookie{
 		Name: g.cookieName(provider), Value: value, Path: "/", Domain: g.cookieDomainFor(r),
-		MaxAge: int(maxAge.Seconds()), HttpOnly: true, Secure: g.schemeOf(r) == "https", SameSite: http.SameSiteLaxMode,
+		MaxAge: int(maxAge.Seconds()), HttpOnly: true, Secure: g.secureCookies(r), SameSite: http.SameSiteLaxMode,
 	})
 }
 
@@ -303,15 +303,31 @@ func (g *Gateway) setSessionCookie(w http.ResponseWriter, r *http.Request, provi
 // this browser: only /oauth2/ gets it, for as long as a login may take.
 func (g *Gateway) setLoginCookie(w http.ResponseWriter, r *http.Request, name, value string) {
 	http.SetCookie(w, &http.Cookie{
-		Name: name, Value: value, Path: "/oauth2/", MaxAge: int(g.set.LoginTimeout.Seconds()),
-		HttpOnly: true, Secure: g.schemeOf(r) == "https", SameSite: http.SameSiteLaxMode,
+		Name: name, Value: value, Path: g.loginCookiePath(), MaxAge: int(g.set.LoginTimeout.Seconds()),
+		HttpOnly: true, Secure: g.secureCookies(r), SameSite: http.SameSiteLaxMode,
 	})
+}
+
+// loginCookiePath scopes the login cookies to /oauth2/, except under a
+// __Host- name, which browsers accept only with Path=/.
+func (g *Gateway) loginCookiePath() string {
+	if cookiePrefix(g.set.CookieName) == hostCookiePrefix {
+		return "/"
+	}
+	return "/oauth2/"
+}
+
+// secureCookies: cookies are Secure when the browser reached the gateway
+// over https, and always under a __Secure-/__Host- name (config
+// validation requires an https external_url for those).
+func (g *Gateway) secureCookies(r *http.Request) bool {
+	return cookiePrefix(g.set.CookieName) != "" || g.schemeOf(r) == "https"
 }
 
 func (g *Gateway) clearCookie(w http.ResponseWriter, r *http.Request, name, path string) {
 	http.SetCookie(w, &http.Cookie{
 		Name: name, Value: "", Path: path, Domain: g.cookieDomainFor(r), MaxAge: -1,
-		HttpOnly: true, Secure: g.schemeOf(r) == "https", SameSite: http.SameSiteLaxMode,
+		HttpOnly: true, Secure: g.secureCookies(r), SameSite: http.SameSiteLaxMode,
 	})
 }
 

@@ -1,0 +1,65 @@
+package gateway
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/trustmesh/trustmesh/internal/configfile"
+)
+
+// minimalConfig is a gateway configuration that Resolve accepts; each
+// case of TestResolveRefuses breaks one thing in it.
+func minimalConfig() Config {
+	return Config{
+		ExternalURL: "https://gw.example.com",
+		IdentityProviders: []ProviderConfig{{
+			Name: "corp", Issuer: "https://idp.example.com", ClientID: "app", ClientSecret: "s3cret",
+		}},
+		Routes: []RouteConfig{{Name: "tool", Upstream: "http://127.0.0.1:8080", Allow: &AllowConfig{Groups: []string{"eng"}}}},
+	}
+}
+
+func TestResolveAcceptsMinimal(t *testing.T) {
+	for name, mutate := range map[string]func(*Config){
+		"as is":                        func(*Config) {},
+		"__Host- on https":             func(c *Config) { c.Session.CookieName = "__Host-tm" },
+		"__Secure- with cookie_domain": func(c *Config) { c.Session.CookieName = "__Secure-tm"; c.Session.CookieDomain = ".example.com" },
+		"loopback http issuer":         func(c *Config) { c.IdentityProviders[0].Issuer = "http://127.0.0.1:5556/dex" },
+	} {
+		c := minimalConfig()
+		mutate(&c)
+		if _, err := c.Resolve(); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+}
+
+func TestResolveRefuses(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		mutate func(*Config)
+		want   string
+	}{
+		{"__Host- over http", func(c *Config) { c.ExternalURL = "http://127.0.0.1:4180"; c.Session.CookieName = "__Host-tm" }, "needs an https external_url"},
+		{"__secure- (any case) over http", func(c *Config) { c.ExternalURL = "http://127.0.0.1:4180"; c.Session.CookieName = "__secure-tm" }, "needs an https external_url"},
+		{"__Host- with a domain", func(c *Config) { c.Session.CookieName = "__Host-tm"; c.Session.CookieDomain = ".example.com" }, "cannot have session.cookie_domain"},
+		{"cookie name with a space", func(c *Config) { c.Session.CookieName = "a b" }, "not a cookie name"},
+		{"cookie_domain not a parent", func(c *Config) { c.Session.CookieDomain = "example.com" }, "want a parent domain"},
+		{"cookie_domain elsewhere", func(c *Config) { c.Session.CookieDomain = ".example.org" }, "does not cover"},
+		{"plain http issuer", func(c *Config) { c.IdentityProviders[0].Issuer = "http://idp.example.com" }, "plain http is refused"},
+		{"plain http external_url", func(c *Config) { c.ExternalURL = "http://gw.example.com" }, "plain http outside loopback"},
+		{"no openid scope", func(c *Config) { c.IdentityProviders[0].Scopes = []string{"email"} }, "must include openid"},
+		{"idle longer than lifetime", func(c *Config) {
+			c.Session.IdleTimeout = configfile.D(2 * time.Hour)
+			c.Session.MaxLifetime = configfile.D(time.Hour)
+		}, "longer than session.max_lifetime"},
+	} {
+		c := minimalConfig()
+		tc.mutate(&c)
+		_, err := c.Resolve()
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: got %v, want an error with %q", tc.name, err, tc.want)
+		}
+	}
+}
