@@ -245,6 +245,18 @@ func (g *Gateway) allowUnverified(id *Identity) bool {
 	return false
 }
 
+// vouchedEmail is the caller's email as the gateway passes it on
+// (identity headers, the signed assertion, /oauth2/userinfo): only when
+// the token says email_verified, or allow_unverified_email trusts the
+// issuer anyway. An upstream that keys accounts on X-Auth-Request-Email
+// must never see an address the IdP let the user type in unchecked.
+func (g *Gateway) vouchedEmail(id *Identity) string {
+	if id.EmailVerified || g.allowUnverified(id) {
+		return id.Email
+	}
+	return ""
+}
+
 // Handler is the gateway's HTTP handler (after Ready).
 func (g *Gateway) Handler() http.Handler { return g.handler }
 
@@ -631,8 +643,9 @@ func (g *Gateway) newRequest(r *http.Request, mode, method, host, uri string) (*
 // identityHeaders are the oauth2-proxy headers an upstream trusts.
 func (g *Gateway) identityHeaders(h http.Header, id *Identity, aud string) {
 	h.Set("X-Auth-Request-User", id.User)
-	if id.Email != "" {
-		h.Set("X-Auth-Request-Email", id.Email)
+	email := g.vouchedEmail(id)
+	if email != "" {
+		h.Set("X-Auth-Request-Email", email)
 	}
 	if len(id.Groups) > 0 {
 		h.Set("X-Auth-Request-Groups", strings.Join(id.Groups, ","))
@@ -640,7 +653,7 @@ func (g *Gateway) identityHeaders(h http.Header, id *Identity, aud string) {
 	if id.PreferredUsername != "" {
 		h.Set("X-Auth-Request-Preferred-Username", id.PreferredUsername)
 	}
-	if a, err := g.signer.Sign(assertion.Claims{Subject: id.Principal(), User: id.User, Email: id.Email, Groups: id.Groups, IdP: id.Issuer}, aud); err == nil {
+	if a, err := g.signer.Sign(assertion.Claims{Subject: id.Principal(), User: id.User, Email: email, Groups: id.Groups, IdP: id.Issuer}, aud); err == nil {
 		h.Set("X-Trustmesh-Jwt-Assertion", a)
 	} else {
 		g.log.Error("cannot sign the identity assertion", "err", err)
@@ -1180,5 +1193,5 @@ func (g *Gateway) userinfo(w http.ResponseWriter, r *http.Request) {
 	if groups == nil {
 		groups = []string{}
 	}
-	_ = jsonEncode(w, map[string]any{"user": a.id.User, "email": a.id.Email, "groups": groups, "preferredUsername": a.id.PreferredUsername})
+	_ = jsonEncode(w, map[string]any{"user": a.id.User, "email": g.vouchedEmail(a.id), "groups": groups, "preferredUsername": a.id.PreferredUsername})
 }

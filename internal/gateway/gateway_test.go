@@ -21,6 +21,8 @@ import (
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
+	"github.com/oauth2-proxy/mockoidc"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/grpc"
@@ -514,4 +516,63 @@ func counterValue(c prometheus.Counter) float64 {
 	var m dto.Metric
 	_ = c.Write(&m)
 	return m.GetCounter().GetValue()
+}
+
+// assertionEmail reads the email claim of an identity assertion, without
+// checking it (verifyAssertion does that).
+func assertionEmail(t *testing.T, raw string) (string, bool) {
+	t.Helper()
+	tok, err := jwt.ParseSigned(raw, []jose.SignatureAlgorithm{jose.ES256})
+	if err != nil {
+		t.Fatalf("assertion %q: %v", raw, err)
+	}
+	var c map[string]any
+	if err := tok.UnsafeClaimsWithoutVerification(&c); err != nil {
+		t.Fatal(err)
+	}
+	e, ok := c["email"].(string)
+	return e, ok
+}
+
+// TestUnverifiedEmailNotPassedOn: an email the IdP has not verified never
+// reaches the upstream (header, assertion) or /oauth2/userinfo, for
+// sessions and bearer tokens alike, unless allow_unverified_email says
+// the issuer is trusted anyway. An upstream keying accounts on the email
+// would otherwise let anyone claim anyone's address.
+func TestUnverifiedEmailNotPassedOn(t *testing.T) {
+	for _, trust := range []bool{false, true} {
+		h := newHarness(t, harnessOpts{mutate: func(c *Config) {
+			c.IdentityProviders[0].AllowUnverifiedEmail = trust
+			c.BearerTokens[0].AllowUnverifiedEmail = trust
+		}})
+		check := func(via string, verified bool) {
+			t.Helper()
+			hdr := h.up.header()
+			want := ""
+			if verified || trust {
+				want = "x@example.com"
+			}
+			got, _ := assertionEmail(t, hdr.Get("X-Trustmesh-Jwt-Assertion"))
+			if hdr.Get("X-Auth-Request-Email") != want || got != want {
+				t.Errorf("%s, verified %v, trusted %v: header %q, assertion %q, want %q", via, verified, trust,
+					hdr.Get("X-Auth-Request-Email"), got, want)
+			}
+		}
+		for _, verified := range []bool{false, true} {
+			claims := h.idp.claims(h.clock.Now())
+			claims["email"], claims["email_verified"] = "x@example.com", verified
+			if r := h.bearerGet("/", h.idp.token(t, claims), nil); r.StatusCode != http.StatusOK {
+				t.Fatalf("bearer: %d", r.StatusCode)
+			}
+			check("bearer", verified)
+
+			h.idp.m.QueueUser(&mockoidc.MockUser{Subject: "u1", Email: "x@example.com", EmailVerified: verified, Groups: []string{"engineering"}})
+			c := h.login("/")
+			check("session", verified)
+			var info struct{ Email string }
+			if err := jsonDecode(h.get(c, "/oauth2/userinfo", nil), &info); err != nil || (info.Email != "") != (verified || trust) {
+				t.Errorf("userinfo, verified %v, trusted %v: %+v %v", verified, trust, info, err)
+			}
+		}
+	}
 }
