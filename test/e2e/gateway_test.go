@@ -265,6 +265,9 @@ http {
 	if resp.StatusCode != http.StatusFound || !strings.HasPrefix(resp.Header.Get("Location"), idp.AuthorizationEndpoint()) {
 		t.Fatalf("unauthenticated: %d %s", resp.StatusCode, resp.Header.Get("Location"))
 	}
+	// The application's own cookie, set before the login.
+	appURL, _ := url.Parse(external)
+	jar.SetCookies(appURL, []*http.Cookie{{Name: "app", Value: "1", Path: "/"}})
 	// The whole flow, as a browser, with spoofed identity headers.
 	spoof := map[string]string{"X-Auth-Request-User": "admin", "X-Authenticated-User": "admin", "X-Authenticated-Groups": "admins",
 		"X-Trustmesh-Jwt-Assertion": "forged", "X-Forwarded-User": "admin"}
@@ -292,6 +295,27 @@ http {
 	}
 	if sc == nil || len(sc.Value) != 43 {
 		t.Fatalf("session cookie: %+v", sc)
+	}
+	// The example's map keeps the session cookie from the backend and
+	// passes the application's cookies, wherever the session cookie sits.
+	if got.Get("Cookie") != "app=1" {
+		t.Fatalf("backend Cookie header %q, want only the app's cookie", got.Get("Cookie"))
+	}
+	for _, tc := range []struct{ cookie, want string }{
+		{"_trustmesh_session=" + sc.Value + "; late=2", "late=2"},
+		{"a=1; _trustmesh_session=" + sc.Value + "; b=2", "a=1; b=2"},
+		{"_trustmesh_session=" + sc.Value, ""},
+	} {
+		jarless := &http.Client{Transport: tr, Timeout: 30 * time.Second}
+		if resp, _ := get(jarless, external+"/app", map[string]string{"Cookie": tc.cookie}); resp.StatusCode != http.StatusOK {
+			t.Fatalf("Cookie %q: %d", tc.cookie, resp.StatusCode)
+		}
+		mu.Lock()
+		c := seen.Get("Cookie")
+		mu.Unlock()
+		if c != tc.want {
+			t.Errorf("Cookie %q reached the backend as %q, want %q", tc.cookie, c, tc.want)
+		}
 	}
 	// A refused path is 403 from nginx (the gateway's 403).
 	if resp, _ := get(noRedirect, external+"/admin/users", nil); resp.StatusCode != http.StatusForbidden {
