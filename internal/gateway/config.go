@@ -312,8 +312,13 @@ func (c *Config) relativeTo(dir string) {
 		fix(&c.Routes[i].UpstreamCAFile)
 	}
 	fix(&c.Assertion.SigningKeyFile)
+	// sqlite://sessions.db is next to the config file. The store URL needs
+	// an absolute path (sqlite:///…): with a relative --config the
+	// directory's first element would read as the URL's host.
 	if strings.HasPrefix(c.Session.Store, "sqlite://") && !strings.HasPrefix(c.Session.Store, "sqlite:///") {
-		c.Session.Store = "sqlite://" + filepath.Join(dir, strings.TrimPrefix(c.Session.Store, "sqlite://"))
+		if abs, err := filepath.Abs(dir); err == nil {
+			c.Session.Store = "sqlite://" + filepath.Join(abs, strings.TrimPrefix(c.Session.Store, "sqlite://"))
+		}
 	}
 	if c.AuditLog != "" && c.AuditLog != "-" {
 		fix(&c.AuditLog)

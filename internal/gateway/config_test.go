@@ -1,6 +1,8 @@
 package gateway
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -61,5 +63,30 @@ func TestResolveRefuses(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: got %v, want an error with %q", tc.name, err, tc.want)
 		}
+	}
+}
+
+// TestRelativeSQLiteStore: sqlite://sessions.db is next to the config
+// file, also when --config itself is a relative path.
+func TestRelativeSQLiteStore(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "conf"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	yaml := `external_url: https://gw.example.com
+identity_providers: [{name: corp, issuer: "https://idp.example.com", client_id: app, client_secret: s3cret}]
+session: {store: "sqlite://sessions.db"}
+routes: [{name: tool, upstream: "http://127.0.0.1:8080", allow: {groups: [eng]}}]
+`
+	if err := os.WriteFile(filepath.Join(dir, "conf", "gateway.yaml"), []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Chdir(dir)
+	s, err := LoadSettings(filepath.Join("conf", "gateway.yaml"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "sqlite://" + filepath.Join(dir, "conf", "sessions.db"); s.Store != want {
+		t.Fatalf("store %q, want %q", s.Store, want)
 	}
 }
