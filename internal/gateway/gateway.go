@@ -1004,6 +1004,13 @@ func (g *Gateway) signIn(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rdURL, _ := url.Parse(rd)
+	if g.isOwnEndpoint(rdURL) {
+		// Back to /oauth2/sign_in (nginx's error_page for a request that was
+		// itself for it) or /oauth2/start would start another login after
+		// this one, for ever: land on the host's root instead.
+		rdURL = &url.URL{Scheme: rdURL.Scheme, Host: rdURL.Host, Path: "/"}
+		rd = rdURL.String()
+	}
 	p := g.providerFor(r, rdURL)
 	if p == nil {
 		g.errorPage(w, http.StatusBadRequest, "Unknown identity provider", "No identity provider is configured for this application.")

@@ -355,6 +355,27 @@ func TestOpenRedirectRefused(t *testing.T) {
 	}
 }
 
+// TestSignInBackToItselfDoesNotLoop: a login whose return address is a
+// login endpoint (nginx's error_page for a request to /oauth2/sign_in
+// passes that as X-Auth-Request-Redirect) lands on the root, not in
+// another login.
+func TestSignInBackToItselfDoesNotLoop(t *testing.T) {
+	h := newHarness(t, harnessOpts{})
+	for _, tc := range []struct {
+		path string
+		hdr  map[string]string
+	}{
+		{"/oauth2/sign_in?rd=" + url.QueryEscape("/oauth2/sign_in"), nil},
+		{"/oauth2/start?rd=" + url.QueryEscape("/oauth2/start?rd=/x"), nil},
+		{"/oauth2/sign_in", map[string]string{"X-Auth-Request-Redirect": "/oauth2/sign_in"}},
+	} {
+		resp := h.get(h.browser(), tc.path, tc.hdr) // a loop ends in the client's redirect limit
+		if resp.StatusCode != http.StatusOK || resp.Request.URL.String() != h.url+"/" {
+			t.Errorf("%s %v: %d at %s", tc.path, tc.hdr, resp.StatusCode, resp.Request.URL)
+		}
+	}
+}
+
 // TestHandoffOnlyToServedHosts: after login, a route's host on no cookie
 // domain gets the session through a one-time code, bound to the browser
 // that started the login on that host; a host that is only an allowed

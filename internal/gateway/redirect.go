@@ -51,6 +51,16 @@ func (g *Gateway) safeRedirect(rd string, base *url.URL) (string, bool) {
 	return u.String(), true
 }
 
+// isOwnEndpoint: u is one of the gateway's /oauth2/ endpoints, on a host
+// it serves (routes' hosts have them at /oauth2/, the gateway's own host
+// under external_url's path too).
+func (g *Gateway) isOwnEndpoint(u *url.URL) bool {
+	if !g.servesHost(strings.ToLower(u.Hostname())) {
+		return false
+	}
+	return strings.HasPrefix(u.Path, "/oauth2/") || strings.HasPrefix(u.Path, g.set.ExternalURL.Path+"/oauth2/")
+}
+
 func fragment(u *url.URL) string {
 	if u.Fragment == "" {
 		return ""
