@@ -269,9 +269,16 @@ func TestJWKSUnavailable(t *testing.T) {
 		t.Fatal(err)
 	}
 	key, _ := keys(t)
-	_, err = v.Verify(context.Background(), sign(t, jose.RS256, key, "k", goodClaims("http://127.0.0.1:1/none", time.Now())))
-	if e, ok := AsError(err); !ok || e.Reason != ReasonKeysUnavailable {
-		t.Fatalf("unreachable JWKS: %v", err)
+	// The second attempt falls within the refresh interval: no fetch, and
+	// still the same reason (not unknown_kid: the key may exist).
+	for attempt := 1; attempt <= 2; attempt++ {
+		_, err = v.Verify(context.Background(), sign(t, jose.RS256, key, "k", goodClaims("http://127.0.0.1:1/none", time.Now())))
+		if e, ok := AsError(err); !ok || e.Reason != ReasonKeysUnavailable {
+			t.Fatalf("unreachable JWKS, attempt %d: %v", attempt, err)
+		}
+	}
+	if n := v.Fetches("http://127.0.0.1:1/none"); n != 1 {
+		t.Fatalf("%d fetches, want 1 (rate-limited)", n)
 	}
 }
 

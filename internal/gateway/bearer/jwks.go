@@ -27,6 +27,7 @@ type keySet struct {
 
 	fetchMu     sync.Mutex // one fetch at a time
 	lastAttempt time.Time  // guarded by fetchMu
+	lastErr     error      // the last attempt's failure; guarded by fetchMu
 	fetches     atomic.Int64
 }
 
@@ -60,15 +61,16 @@ func (k *keySet) lookup(ctx context.Context, kid, alg string) ([]jose.JSONWebKey
 			return keys, nil
 		}
 	}
-	if err := k.refresh(ctx, now); err != nil {
-		if _, ok := err.(*Error); ok && snap == nil {
-			return nil, err
-		}
-	}
+	err := k.refresh(ctx, now)
 	if snap = k.cur.Load(); snap != nil {
 		if keys := match(snap.keys, kid, alg); len(keys) > 0 {
 			return keys, nil
 		}
+	}
+	if err != nil {
+		// The key may well exist: we could not look. Say so, rather than
+		// blame the token (unknown_kid) while the issuer is unreachable.
+		return nil, err
 	}
 	return nil, reject(ReasonUnknownKID, "no key of issuer %q has kid %q for alg %s", k.issuer, truncate(kid), alg)
 }
@@ -105,12 +107,13 @@ func typeFits(key any, alg string) bool {
 }
 
 // refresh fetches the keys unless a fetch was attempted within
-// MinRefreshInterval.
+// MinRefreshInterval; then it returns that attempt's outcome, so a JWKS
+// that was unreachable a moment ago still reads as unavailable.
 func (k *keySet) refresh(ctx context.Context, now time.Time) error {
 	k.fetchMu.Lock()
 	defer k.fetchMu.Unlock()
 	if !k.lastAttempt.IsZero() && now.Sub(k.lastAttempt) < k.opts.MinRefreshInterval {
-		return nil // rate-limited: what we have is what we use
+		return k.lastErr // rate-limited: what we have is what we use
 	}
 	k.lastAttempt = now
 	k.fetches.Add(1)
@@ -119,8 +122,10 @@ func (k *keySet) refresh(ctx context.Context, now time.Time) error {
 	defer cancel()
 	keys, err := k.fetch(fctx)
 	if err != nil {
-		return reject(ReasonKeysUnavailable, "issuer %q: %v", k.issuer, err)
+		k.lastErr = reject(ReasonKeysUnavailable, "issuer %q: %v", k.issuer, err)
+		return k.lastErr
 	}
+	k.lastErr = nil
 	k.cur.Store(&keySnapshot{keys: keys, fetched: now})
 	return nil
 }
