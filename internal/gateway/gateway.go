@@ -580,6 +580,15 @@ func (g *Gateway) decide(ctx context.Context, r *http.Request, rt *route, rq *Re
 	return d
 }
 
+// auditRefusal is the audit line of a refusal at one of the gateway's own
+// endpoints (login, logout, userinfo, hand-off): event names the
+// endpoint's business, and doubles as the mode.
+func (g *Gateway) auditRefusal(r *http.Request, event, idp, reason string, status int) {
+	g.audit.write(&decisionRecord{Event: event, Direction: "inbound", Listener: "gateway", Protocol: "http",
+		SourceIP: g.clientIP(r).String(), Method: r.Method, Path: r.URL.Path, Host: r.Host, Decision: "deny",
+		Reason: reason, Status: status, IdP: idp, Mode: event})
+}
+
 // record writes the audit line and metrics for a decision.
 func (g *Gateway) record(d decision, mode, routeName string, status int, start time.Time, r *http.Request) {
 	elapsed := g.now().Sub(start)
@@ -997,9 +1006,7 @@ func (g *Gateway) signIn(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		g.log.Warn("redirect refused", "rd", truncateForLog(rawRD), "client_ip", g.clientIP(r).String())
 		g.metrics.logins.WithLabelValues("unknown", "redirect_refused").Inc()
-		g.audit.write(&decisionRecord{Event: "login", Direction: "inbound", Listener: "gateway", Protocol: "http",
-			SourceIP: g.clientIP(r).String(), Method: r.Method, Path: r.URL.Path, Host: r.Host, Decision: "deny",
-			Reason: "redirect target refused: " + truncateForLog(rawRD), Status: http.StatusBadRequest, Mode: "login"})
+		g.auditRefusal(r, "login", "", "redirect target refused: "+truncateForLog(rawRD), http.StatusBadRequest)
 		g.errorPage(w, http.StatusBadRequest, "Invalid redirect", "The address to return to after sign-in is not allowed.")
 		return
 	}
@@ -1075,6 +1082,7 @@ func (g *Gateway) signOut(w http.ResponseWriter, r *http.Request) {
 	rd, ok := g.safeRedirect(rawRD, base)
 	if !ok {
 		g.log.Warn("sign-out redirect refused", "rd", truncateForLog(rawRD))
+		g.auditRefusal(r, "logout", "", "redirect target refused: "+truncateForLog(rawRD), http.StatusBadRequest)
 		g.errorPage(w, http.StatusBadRequest, "Invalid redirect", "The address to return to after sign-out is not allowed.")
 		return
 	}
@@ -1110,6 +1118,7 @@ func (g *Gateway) signOut(w http.ResponseWriter, r *http.Request) {
 		}
 		if !valid {
 			g.log.Warn("sign-out refused: missing or wrong CSRF token", "client_ip", g.clientIP(r).String())
+			g.auditRefusal(r, "logout", "", "sign-out refused: missing or wrong CSRF token", http.StatusForbidden)
 			g.errorPage(w, http.StatusForbidden, "Sign-out refused", "The sign-out form expired. Open the sign-out page again.")
 			return
 		}
@@ -1191,6 +1200,7 @@ func (g *Gateway) userinfo(w http.ResponseWriter, r *http.Request) {
 	}
 	a := g.authenticate(r.Context(), r, rt)
 	if a.id == nil {
+		g.auditRefusal(r, "userinfo", "", a.reason, http.StatusUnauthorized)
 		g.jsonError(w, http.StatusUnauthorized, "unauthenticated")
 		return
 	}

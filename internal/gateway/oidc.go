@@ -113,6 +113,7 @@ func (g *Gateway) startLogin(w http.ResponseWriter, r *http.Request, p *oidcProv
 	if ip := g.clientIP(r); !g.loginLimiter.allow(ip) {
 		g.log.Warn("login start refused: limits.logins_per_minute reached", "provider", p.cfg.Name, "client_ip", ip.String())
 		g.metrics.logins.WithLabelValues(p.cfg.Name, "rate_limited").Inc()
+		g.auditRefusal(r, "login", p.cfg.Name, "login start refused: limits.logins_per_minute reached", http.StatusTooManyRequests)
 		w.Header().Set("Retry-After", "60")
 		g.errorPage(w, http.StatusTooManyRequests, "Too many sign-in attempts", "Wait a minute, then start again from the application.")
 		return
@@ -121,6 +122,7 @@ func (g *Gateway) startLogin(w http.ResponseWriter, r *http.Request, p *oidcProv
 	if err != nil {
 		g.log.Error("cannot start login", "provider", p.cfg.Name, "err", err)
 		g.metrics.logins.WithLabelValues(p.cfg.Name, "idp_unavailable").Inc()
+		g.auditRefusal(r, "login", p.cfg.Name, "login start failed: the identity provider cannot be reached", http.StatusBadGateway)
 		g.errorPage(w, http.StatusBadGateway, "Sign-in is unavailable", "The identity provider cannot be reached. Try again shortly.")
 		return
 	}
@@ -142,6 +144,7 @@ func (g *Gateway) startLogin(w http.ResponseWriter, r *http.Request, p *oidcProv
 	if err != nil {
 		g.log.Error("cannot store login state", "provider", p.cfg.Name, "err", err)
 		g.metrics.logins.WithLabelValues(p.cfg.Name, "store_error").Inc()
+		g.auditRefusal(r, "login", p.cfg.Name, "login start failed: cannot store the login state", http.StatusServiceUnavailable)
 		g.errorPage(w, http.StatusServiceUnavailable, "Sign-in is unavailable", "Try again shortly.")
 		return
 	}
@@ -529,6 +532,7 @@ func (g *Gateway) serveHandoff(w http.ResponseWriter, r *http.Request) {
 	code := r.URL.Query().Get("code")
 	fail := func(detail string) {
 		g.log.Warn("session hand-off refused", "detail", detail, "host", r.Host, "client_ip", g.clientIP(r).String())
+		g.auditRefusal(r, "handoff", "", "session hand-off refused: "+detail, http.StatusBadRequest)
 		g.errorPage(w, http.StatusBadRequest, "Sign-in link expired", "Start again from the application.")
 	}
 	if code == "" || len(code) > 128 {

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"fmt"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -578,5 +579,47 @@ func TestHostPrefixedCookieName(t *testing.T) {
 	}
 	if ck := h.up.header().Get("Cookie"); strings.Contains(ck, "__Host-tm") {
 		t.Fatalf("the gateway's cookie reached the upstream: %q", ck)
+	}
+}
+
+// TestEndpointRefusalsAreAudited: every refusal at the gateway's own
+// endpoints is an audit line with its reason, not only a log line.
+func TestEndpointRefusalsAreAudited(t *testing.T) {
+	h := newHarness(t, harnessOpts{mutate: func(c *Config) { c.Limits.LoginsPerMinute = 2 }})
+	c := h.login("/") // the first login start
+	expect := func(event string, status int, reason string) {
+		t.Helper()
+		a := h.lastAudit(event)
+		if a["decision"] != "deny" || a["status"] != float64(status) || !strings.Contains(fmt.Sprint(a["reason"]), reason) {
+			t.Errorf("%s audit: %v, want deny %d with %q", event, a, status, reason)
+		}
+	}
+	if r := h.get(h.browser(), "/oauth2/userinfo", nil); r.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("userinfo without a session: %d", r.StatusCode)
+	}
+	expect("userinfo", http.StatusUnauthorized, "no session")
+
+	if r := h.get(noFollow(c), "/oauth2/sign_out?rd="+url.QueryEscape("https://evil.example"), nil); r.StatusCode != http.StatusBadRequest {
+		t.Fatalf("sign-out to evil: %d", r.StatusCode)
+	}
+	expect("logout", http.StatusBadRequest, "redirect target refused")
+
+	if r, err := noFollow(c).PostForm(h.url+"/oauth2/sign_out", url.Values{"csrf": {"wrong"}}); err != nil || r.StatusCode != http.StatusForbidden {
+		t.Fatalf("sign-out without the CSRF token: %v %v", err, r)
+	}
+	expect("logout", http.StatusForbidden, "CSRF")
+
+	if r := h.get(noFollow(c), "/oauth2/handoff?code=forged", nil); r.StatusCode != http.StatusBadRequest {
+		t.Fatalf("forged hand-off: %d", r.StatusCode)
+	}
+	expect("handoff", http.StatusBadRequest, "hand-off refused")
+
+	h.get(noFollow(c), "/oauth2/start", nil) // the second start of this minute
+	if r := h.get(noFollow(c), "/oauth2/start", nil); r.StatusCode != http.StatusTooManyRequests {
+		t.Fatalf("third login start in a minute: %d", r.StatusCode)
+	}
+	expect("login", http.StatusTooManyRequests, "logins_per_minute")
+	if strings.Contains(readFile(t, h.audit), "forged") {
+		t.Error("a hand-off code is in the audit log")
 	}
 }
