@@ -10,8 +10,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"sync"
 )
 
@@ -34,6 +36,35 @@ func Open(path string) (*File, error) {
 		return nil, err
 	}
 	return &File{path: path, f: f}, nil
+}
+
+// Check reports what Open would refuse, without creating or changing
+// anything: an existing file must be a regular file this process may
+// append to, and a new file's directory must exist.
+func Check(path string) error {
+	if path == "" || path == "-" {
+		return nil
+	}
+	info, err := os.Stat(path)
+	switch {
+	case err == nil:
+		if !info.Mode().IsRegular() {
+			return fmt.Errorf("audit log %s: not a regular file", path)
+		}
+		f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+		if err != nil {
+			return fmt.Errorf("audit log: %w", err)
+		}
+		return f.Close()
+	case errors.Is(err, fs.ErrNotExist):
+		dir := filepath.Dir(path)
+		if di, err := os.Stat(dir); err != nil || !di.IsDir() {
+			return fmt.Errorf("audit log %s: directory %s does not exist", path, dir)
+		}
+		return nil
+	default:
+		return fmt.Errorf("audit log: %w", err)
+	}
 }
 
 func openAppend(path string) (*os.File, error) {

@@ -111,3 +111,24 @@ func TestStdout(t *testing.T) {
 		t.Fatalf("stdout closed: %v", err)
 	}
 }
+
+// TestCheck: Check refuses what Open would, and creates nothing.
+func TestCheck(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		path string
+		ok   bool
+	}{
+		{"", true}, {"-", true},
+		{filepath.Join(dir, "new.log"), true},
+		{filepath.Join(dir, "missing", "a.log"), false},
+		{dir, false}, // a directory
+	} {
+		if err := Check(tc.path); (err == nil) != tc.ok {
+			t.Errorf("Check(%q) = %v, want ok %v", tc.path, err, tc.ok)
+		}
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+		t.Errorf("Check created %v", entries)
+	}
+}

@@ -106,7 +106,9 @@ func newGatewayValidateCmd() *cobra.Command {
 		Short: "Check a gateway config file and report every problem in it",
 		Long: `Check a gateway config file without contacting any identity provider:
 every key, value, file and route policy is checked and every problem
-reported with its place.`,
+reported with its place, including what run would refuse on start (a
+signing key file others may read, an audit log whose directory is
+missing). It creates nothing.`,
 		Example: "  trustmesh gateway validate --config gateway.yaml",
 		Args:    noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -125,6 +127,11 @@ reported with its place.`,
 		},
 	}
 	f.register(cmd)
+	// run's overrides are accepted (validate checks the config as run
+	// would see it) but are not validate's business in --help.
+	for _, name := range []string{"listen", "audit-log", "metrics-addr", "log-level", "log-format"} {
+		_ = cmd.Flags().MarkHidden(name)
+	}
 	return cmd
 }
 

@@ -15,7 +15,9 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/trustmesh/trustmesh/internal/auditfile"
 	"github.com/trustmesh/trustmesh/internal/configfile"
+	"github.com/trustmesh/trustmesh/internal/gateway/assertion"
 	"github.com/trustmesh/trustmesh/internal/gateway/bearer"
 	"github.com/trustmesh/trustmesh/internal/gateway/session"
 	"github.com/trustmesh/trustmesh/internal/policy"
@@ -458,6 +460,13 @@ func (c Config) Resolve() (Settings, error) {
 		} else if host != "" && !strings.HasSuffix(host, d) {
 			add("session.cookie_domain %q does not cover external_url's host %q", c.Session.CookieDomain, host)
 		}
+	}
+	// What `run` would refuse on start, validate reports too.
+	if err := assertion.CheckKeyFile(s.AssertionKeyFile); err != nil {
+		add("assertion.signing_key_file: %v", err)
+	}
+	if err := auditfile.Check(s.AuditLog); err != nil {
+		add("audit_log: %v", err)
 	}
 	s.AssertionTTL = dur("assertion.ttl", c.Assertion.TTL, DefaultAssertionTTL)
 	s.HeaderReadTimeout = dur("limits.header_read_timeout", c.Limits.HeaderReadTimeout, DefaultHeaderReadTimeout)

@@ -60,6 +60,45 @@ unknown_key: 1
 	if _, _, code := run(t, "gateway", "validate"); code != 2 {
 		t.Fatalf("no --config: exit %d, want 2", code)
 	}
+
+	// What run refuses on start, validate refuses too: a signing key that
+	// others may read, an audit log in a directory that is not there. And
+	// it creates nothing.
+	dir := t.TempDir()
+	key := filepath.Join(dir, "assertion-key.pem")
+	if err := os.WriteFile(key, []byte("-----BEGIN PRIVATE KEY-----\n-----END PRIVATE KEY-----\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(key, 0o644); err != nil { // past the umask
+		t.Fatal(err)
+	}
+	files := filepath.Join(dir, "files.yaml")
+	if err := os.WriteFile(files, []byte(`external_url: http://127.0.0.1:4180
+identity_providers:
+  - {name: corp, issuer: "http://127.0.0.1:5556", client_id: x, client_secret: y}
+routes:
+  - {name: tool, upstream: "http://127.0.0.1:8080", allow: {authenticated: true}}
+assertion: {signing_key_file: assertion-key.pem, ttl: 60s}
+audit_log: missing/audit.log
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, errOut, code = run(t, "gateway", "validate", "--config", files)
+	for _, want := range []string{"signing_key_file", "chmod 600", "audit_log", "does not exist"} {
+		if !strings.Contains(errOut, want) {
+			t.Errorf("validate output lacks %q:\n%s", want, errOut)
+		}
+	}
+	if code != 1 {
+		t.Fatalf("exit %d", code)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "missing")); err == nil {
+		t.Error("validate created the audit log's directory")
+	}
+	help := mustRun(t, "gateway", "validate", "--help")
+	if strings.Contains(help, "--metrics-addr") || !strings.Contains(help, "--config") {
+		t.Errorf("validate --help lists run's flags:\n%s", help)
+	}
 }
 
 // nginxBinary finds nginx, skipping (or failing with

@@ -212,6 +212,29 @@ func loadOrCreate(path string) (*ecdsa.PrivateKey, error) {
 	if err != nil {
 		return nil, fmt.Errorf("assertion key: %w", err)
 	}
+	return loadKey(path, info)
+}
+
+// CheckKeyFile reports what New would refuse in the key file at path,
+// without creating it: a key file that exists must be private (no group
+// or other permission bits) and hold an EC P-256 key. An absent file is
+// fine; New creates it.
+func CheckKeyFile(path string) error {
+	if path == "" {
+		return nil
+	}
+	info, err := os.Stat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("assertion key: %w", err)
+	}
+	_, err = loadKey(path, info)
+	return err
+}
+
+func loadKey(path string, info fs.FileInfo) (*ecdsa.PrivateKey, error) {
 	if info.Mode().Perm()&0o077 != 0 {
 		return nil, fmt.Errorf("assertion key %s: mode %04o lets others read it: chmod 600 it", path, info.Mode().Perm())
 	}
