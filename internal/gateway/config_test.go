@@ -90,3 +90,21 @@ routes: [{name: tool, upstream: "http://127.0.0.1:8080", allow: {groups: [eng]}}
 		t.Fatalf("store %q, want %q", s.Store, want)
 	}
 }
+
+// TestPathHasPrefix: a route's path_prefix matches at segment
+// boundaries, ';' and its escape included (normalized paths upper-case
+// escapes).
+func TestPathHasPrefix(t *testing.T) {
+	for _, tc := range []struct {
+		path, prefix string
+		want         bool
+	}{
+		{"/admin", "/admin", true}, {"/admin/x", "/admin", true}, {"/admin;jsessionid=1", "/admin", true},
+		{"/admin%3Bx", "/admin", true}, {"/adminx", "/admin", false}, {"/admi", "/admin", false},
+		{"/api/v1", "/api/", true}, {"/api", "/api/", false}, {"/anything", "/", true},
+	} {
+		if got := pathHasPrefix(tc.path, tc.prefix); got != tc.want {
+			t.Errorf("pathHasPrefix(%q, %q) = %v, want %v", tc.path, tc.prefix, got, tc.want)
+		}
+	}
+}

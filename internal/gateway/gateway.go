@@ -406,11 +406,17 @@ func (g *Gateway) match(host, path string) *route {
 	return nil
 }
 
+// pathHasPrefix matches a route's path_prefix at a segment boundary. A
+// ';' (or its escape %3B) ends a segment too: Tomcat, Jetty and Spring
+// read /admin;jsessionid=x as /admin, so that request must get the
+// /admin route's rules, not those of a broader route that happens to
+// forward to the same backend.
 func pathHasPrefix(path, prefix string) bool {
 	if prefix == "/" || strings.HasSuffix(prefix, "/") {
 		return strings.HasPrefix(path, prefix)
 	}
-	return path == prefix || strings.HasPrefix(path, prefix+"/")
+	rest, ok := strings.CutPrefix(path, prefix)
+	return ok && (rest == "" || rest[0] == '/' || rest[0] == ';' || strings.HasPrefix(rest, "%3B"))
 }
 
 // fromTrustedProxy reports whether the direct peer may set X-Forwarded-*.
