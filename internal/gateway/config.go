@@ -567,8 +567,8 @@ func (c Config) Resolve() (Settings, error) {
 			add("%s.scopes: must include openid", key)
 		}
 		if p.EndSessionURL != "" {
-			if u, err := url.Parse(p.EndSessionURL); err != nil || u.Host == "" || (u.Scheme != "https" && !(u.Scheme == "http" && isLoopbackHost(u.Hostname()))) {
-				add("%s.end_session_url %q: want an https URL", key, p.EndSessionURL)
+			if err := bearer.CheckEndpoint(p.EndSessionURL); err != nil {
+				add("%s.end_session_url %v", key, err)
 			}
 		}
 		s.Providers = append(s.Providers, out)
@@ -598,8 +598,8 @@ func (c Config) Resolve() (Settings, error) {
 			}
 		}
 		if b.JWKSURL != "" {
-			if u, err := url.Parse(b.JWKSURL); err != nil || u.Host == "" || (u.Scheme != "https" && !(u.Scheme == "http" && isLoopbackHost(u.Hostname()))) {
-				add("%s.jwks_url %q: want an https URL (http only on loopback)", key, b.JWKSURL)
+			if err := bearer.CheckEndpoint(b.JWKSURL); err != nil {
+				add("%s.jwks_url %v", key, err)
 			}
 		}
 		for j := 0; j < i; j++ {

@@ -59,8 +59,24 @@ func (p *oidcProvider) get(_ context.Context) (*discovered, error) {
 	}
 	var extra struct {
 		EndSession string `json:"end_session_endpoint"`
+		JWKSURI    string `json:"jwks_uri"`
 	}
 	_ = prov.Claims(&extra)
+	// The issuer passed the https-unless-loopback rule; the endpoints its
+	// document names must too (the code and the client secret go to the
+	// token endpoint, the keys come from jwks_uri).
+	for _, ep := range []struct{ name, url string }{
+		{"authorization_endpoint", prov.Endpoint().AuthURL}, {"token_endpoint", prov.Endpoint().TokenURL},
+		{"jwks_uri", extra.JWKSURI}, {"end_session_endpoint", extra.EndSession},
+	} {
+		if ep.url == "" && ep.name == "end_session_endpoint" {
+			continue
+		}
+		if err := bearer.CheckEndpoint(ep.url); err != nil {
+			p.err = fmt.Errorf("identity provider %s: discovery: %s %w", p.cfg.Name, ep.name, err)
+			return nil, p.err
+		}
+	}
 	d := &discovered{
 		oauth: oauth2.Config{
 			ClientID: p.cfg.ClientID, ClientSecret: p.cfg.ClientSecret, Endpoint: prov.Endpoint(),

@@ -1,8 +1,10 @@
 package gateway
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"regexp"
 	"strings"
@@ -621,5 +623,32 @@ func TestEndpointRefusalsAreAudited(t *testing.T) {
 	expect("login", http.StatusTooManyRequests, "logins_per_minute")
 	if strings.Contains(readFile(t, h.audit), "forged") {
 		t.Error("a hand-off code is in the audit log")
+	}
+}
+
+// TestDiscoveredPlainHTTPEndpointRefused: an identity provider on
+// loopback whose discovery document sends the code and client secret to
+// a plain-http token endpoint elsewhere gets no login started. The
+// document is served by hand: it is the attack input, which mockoidc
+// cannot be made to emit.
+func TestDiscoveredPlainHTTPEndpointRefused(t *testing.T) {
+	var srv *httptest.Server
+	srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_ = json.NewEncoder(w).Encode(map[string]any{
+			"issuer": srv.URL, "authorization_endpoint": srv.URL + "/authorize", "token_endpoint": "http://idp.example.com/token",
+			"jwks_uri": srv.URL + "/jwks", "id_token_signing_alg_values_supported": []string{"RS256"},
+		})
+	}))
+	t.Cleanup(srv.Close)
+	h := newHarness(t, harnessOpts{mutate: func(c *Config) {
+		c.IdentityProviders[0].Issuer = srv.URL
+		c.BearerTokens = nil
+	}})
+	r := h.get(noFollow(h.browser()), "/oauth2/start", nil)
+	if r.StatusCode != http.StatusBadGateway {
+		t.Fatalf("login start with a plain-http token endpoint: %d %s", r.StatusCode, r.Header.Get("Location"))
+	}
+	if !strings.Contains(h.logs.String(), "token_endpoint") {
+		t.Fatalf("the log does not say why:\n%s", h.logs)
 	}
 }

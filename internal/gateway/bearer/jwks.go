@@ -146,6 +146,9 @@ func (k *keySet) fetch(ctx context.Context) ([]jose.JSONWebKey, error) {
 		if doc.JWKSURI == "" {
 			return nil, fmt.Errorf("discovery: no jwks_uri")
 		}
+		if err := CheckEndpoint(doc.JWKSURI); err != nil {
+			return nil, fmt.Errorf("discovery: jwks_uri %w", err)
+		}
 		u = doc.JWKSURI
 	}
 	var set jose.JSONWebKeySet
