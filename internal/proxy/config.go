@@ -13,6 +13,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/trustmesh/trustmesh/internal/auditfile"
 	"github.com/trustmesh/trustmesh/internal/configfile"
 	"github.com/trustmesh/trustmesh/internal/httpx"
 	"github.com/trustmesh/trustmesh/internal/policy"
@@ -228,6 +229,11 @@ func (c Config) Resolve() (Settings, error) {
 		s.TrustDomains = append(s.TrustDomains, t)
 	}
 	errs = append(errs, configfile.CheckLogging(s.LogLevel, s.LogFormat)...)
+	// What run would refuse when it opens the audit log, validate reports
+	// now (without creating anything).
+	if err := auditfile.Check(s.AuditLog); err != nil {
+		errs = append(errs, err)
+	}
 
 	// Policy.
 	s.PolicyOptions = policy.Options{

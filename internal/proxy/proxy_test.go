@@ -543,6 +543,7 @@ func TestConfigValidation(t *testing.T) {
 		Limits:       LimitsConfig{MaxHeaderBytes: 10},
 		Policy:       PolicyConfig{Paths: []string{"/does/not/exist"}, DefaultMTLS: "LOOSE"},
 		StripHeaders: []string{"bad header"},
+		AuditLog:     "/no/such/dir/audit.log",
 	}.Resolve()
 	if err == nil {
 		t.Fatal("accepted")
@@ -552,6 +553,7 @@ func TestConfigValidation(t *testing.T) {
 		`inbound[0].backend "h3"`, `inbound[1].name "a": used twice`, `inbound[1].forward "x"`, "inbound[1]: upstream and spiffe_ids are outbound settings",
 		`outbound[0].listen "127.0.0.1:9000": also used by inbound[1]`, `outbound[0].upstream "api"`, `outbound[0].spiffe_ids "http://x"`,
 		"limits.max_header_bytes 10", "/does/not/exist", `unknown mTLS mode "LOOSE"`, `strip_headers "bad header"`,
+		"audit log /no/such/dir/audit.log: directory /no/such/dir does not exist",
 	} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("missing %q in:\n%v", want, err)
