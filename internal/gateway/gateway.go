@@ -33,6 +33,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/trustmesh/trustmesh/internal/accesslog"
 	"github.com/trustmesh/trustmesh/internal/auditfile"
 	"github.com/trustmesh/trustmesh/internal/gateway/assertion"
 	"github.com/trustmesh/trustmesh/internal/gateway/bearer"
@@ -590,7 +591,7 @@ func (g *Gateway) decide(ctx context.Context, r *http.Request, rt *route, rq *Re
 // endpoints (login, logout, userinfo, hand-off): event names the
 // endpoint's business, and doubles as the mode.
 func (g *Gateway) auditRefusal(r *http.Request, event, idp, reason string, status int) {
-	g.audit.write(&decisionRecord{Event: event, Direction: "inbound", Listener: "gateway", Protocol: "http",
+	g.audit.write(&accesslog.Record{Event: event, Direction: "inbound", Listener: "gateway", Protocol: "http",
 		SourceIP: g.clientIP(r).String(), Method: r.Method, Path: r.URL.Path, Host: r.Host, Decision: "deny",
 		Reason: reason, Status: status, IdP: idp, Mode: event})
 }
@@ -601,7 +602,7 @@ func (g *Gateway) record(d decision, mode, routeName string, status int, start t
 	if elapsed < 0 {
 		elapsed = 0
 	}
-	rec := &decisionRecord{
+	rec := &accesslog.Record{
 		RequestID: r.Header.Get("X-Request-Id"), Direction: "inbound", Listener: "gateway", Protocol: "http",
 		SourceIP: d.rq.ClientIP.String(), Destination: routeName, Method: d.rq.Method, Path: d.rq.URI, Host: d.rq.Host,
 		Decision: "deny", Reason: d.verdict.Reason, Status: status, LatencyMS: float64(elapsed.Microseconds()) / 1000,
@@ -1144,7 +1145,7 @@ func (g *Gateway) signOut(w http.ResponseWriter, r *http.Request) {
 		_ = g.store.Delete(r.Context(), s.ls.id.key)
 		g.metrics.logouts.WithLabelValues(s.p.cfg.Name).Inc()
 		g.log.Info("logout", "provider", s.p.cfg.Name, "principal", s.ls.data.Issuer+"/"+s.ls.data.Subject, "session", s.ls.id.ref())
-		g.audit.write(&decisionRecord{Event: "logout", Direction: "inbound", Listener: "gateway", Protocol: "http",
+		g.audit.write(&accesslog.Record{Event: "logout", Direction: "inbound", Listener: "gateway", Protocol: "http",
 			SourcePrincipal: s.ls.data.Issuer + "/" + s.ls.data.Subject, SourceIP: g.clientIP(r).String(), Method: r.Method,
 			Path: "/oauth2/sign_out", Host: r.Host, Decision: "allow", Reason: "signed out", Status: http.StatusFound,
 			Authenticated: true, User: s.ls.data.User, Email: s.ls.data.Email, AuthMethod: "session", IdP: s.p.cfg.Name,

@@ -19,6 +19,7 @@ import (
 	"github.com/coreos/go-oidc/v3/oidc"
 	"golang.org/x/oauth2"
 
+	"github.com/trustmesh/trustmesh/internal/accesslog"
 	"github.com/trustmesh/trustmesh/internal/gateway/bearer"
 	"github.com/trustmesh/trustmesh/internal/gateway/session"
 )
@@ -174,7 +175,7 @@ func (g *Gateway) startLogin(w http.ResponseWriter, r *http.Request, p *oidcProv
 func (g *Gateway) loginFailed(w http.ResponseWriter, r *http.Request, provider, outcome, detail string, status int) {
 	g.log.Warn("login failed", "provider", provider, "outcome", outcome, "detail", detail, "client_ip", g.clientIP(r).String())
 	g.metrics.logins.WithLabelValues(orDefault(provider, "unknown"), outcome).Inc()
-	g.audit.write(&decisionRecord{
+	g.audit.write(&accesslog.Record{
 		Event: "login", Direction: "inbound", Listener: "gateway", Protocol: "http", SourceIP: g.clientIP(r).String(),
 		Method: r.Method, Path: "/oauth2/callback", Host: r.Host, Decision: "deny", Reason: "login failed: " + outcome + ": " + detail,
 		Status: status, IdP: provider, Mode: "login",
@@ -279,7 +280,7 @@ func (g *Gateway) callback(w http.ResponseWriter, r *http.Request) {
 	}
 	g.metrics.logins.WithLabelValues(p.cfg.Name, "success").Inc()
 	g.log.Info("login", "provider", p.cfg.Name, "principal", sd.Issuer+"/"+sd.Subject, "user", sd.User, "session", id.ref(), "client_ip", g.clientIP(r).String())
-	g.audit.write(&decisionRecord{
+	g.audit.write(&accesslog.Record{
 		Event: "login", Direction: "inbound", Listener: "gateway", Protocol: "http", SourcePrincipal: sd.Issuer + "/" + sd.Subject,
 		SourceIP: g.clientIP(r).String(), Method: r.Method, Path: "/oauth2/callback", Host: r.Host, Decision: "allow",
 		Reason: "login succeeded", Status: http.StatusFound, Authenticated: true, User: sd.User, Email: sd.Email,
@@ -434,7 +435,7 @@ func (g *Gateway) doRefresh(ctx context.Context, ls *liveSession) (*liveSession,
 			g.log.Info("session refresh refused by the identity provider: session ended", "session", ls.id.ref(), "detail", oauthErr(err))
 			_ = g.store.Delete(ctx, ls.id.key)
 			_, _ = g.store.TakeTicket(ctx, lock)
-			g.audit.write(&decisionRecord{
+			g.audit.write(&accesslog.Record{
 				Event: "logout", Direction: "inbound", Listener: "gateway", Protocol: "http", SourcePrincipal: cur.data.Issuer + "/" + cur.data.Subject,
 				Decision: "deny", Reason: "session ended: refresh refused by the identity provider: " + oauthErr(err),
 				Authenticated: false, User: cur.data.User, AuthMethod: "session", IdP: p.cfg.Name, Session: ls.id.ref(), Mode: "refresh",

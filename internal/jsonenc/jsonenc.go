@@ -1,8 +1,9 @@
 // Package jsonenc appends JSON values to byte slices exactly as
 // encoding/json.Marshal encodes them (HTML-safe string escaping, its float
-// format), without reflection or allocation. The audit logs of the proxy
-// and the gateway are on the request path: they encode each record by hand
-// with these, and their tests check the result against json.Marshal.
+// format), without reflection or allocation. The audit records of the
+// proxy and the gateway are written on the request path: accesslog encodes
+// each by hand with these, and its tests check the result against
+// json.Marshal.
 package jsonenc
 
 import (

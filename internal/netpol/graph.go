@@ -370,8 +370,8 @@ func (g *Graph) Marshal() ([]byte, error) {
 	return b.Bytes(), nil
 }
 
-// auditRecord is the part of a proxy audit line (internal/proxy
-// decisionRecord) a graph is built from.
+// auditRecord is the part of a proxy audit line (accesslog.Record) a
+// graph is built from.
 type auditRecord struct {
 	Event           string `json:"event"`
 	SourcePrincipal string `json:"source_principal"`

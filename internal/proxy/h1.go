@@ -30,9 +30,11 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/net/http/httpguts"
+
+	"github.com/trustmesh/trustmesh/internal/accesslog"
 	"github.com/trustmesh/trustmesh/internal/httpx"
 	"github.com/trustmesh/trustmesh/internal/upstream"
-	"golang.org/x/net/http/httpguts"
 )
 
 // h1Side is what the inbound and outbound directions do differently.
@@ -53,8 +55,8 @@ type h1Exchange struct {
 	req   *http.Request
 	ci    *connInfo
 	start time.Time
-	rec   decisionRecord // inbound: the audit record
-	watch clientWatch    // while it waits on the upstream
+	rec   accesslog.Record // inbound: the audit record
+	watch clientWatch      // while it waits on the upstream
 }
 
 // h1Forwarder serves the HTTP/1.1 connections of one listener.

@@ -29,6 +29,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
+	"github.com/trustmesh/trustmesh/internal/accesslog"
 	"github.com/trustmesh/trustmesh/internal/server"
 	"github.com/trustmesh/trustmesh/internal/testenv"
 )
@@ -405,18 +406,18 @@ func rawExchange(t *testing.T, addr string, cfg *tls.Config, request string) (st
 }
 
 // auditRecords reads a proxy's audit log.
-func auditRecords(t *testing.T, path string) []decisionRecord {
+func auditRecords(t *testing.T, path string) []accesslog.Record {
 	t.Helper()
 	data, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out []decisionRecord
+	var out []accesslog.Record
 	for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
 		if line == "" {
 			continue
 		}
-		var r decisionRecord
+		var r accesslog.Record
 		if err := json.Unmarshal([]byte(line), &r); err != nil {
 			t.Fatalf("audit line %q: %v", line, err)
 		}

@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
+	"github.com/trustmesh/trustmesh/internal/accesslog"
 	"github.com/trustmesh/trustmesh/internal/httpx"
 	"github.com/trustmesh/trustmesh/internal/policy"
 )
@@ -328,7 +329,7 @@ func (in *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	in.p.audit.begin()
 	defer in.p.audit.end()
-	var rec decisionRecord
+	var rec accesslog.Record
 	// As on the HTTP/1.1 path: the policy sees the request without its
 	// hop-by-hop headers (httputil.ReverseProxy drops them again, harmlessly).
 	httpx.RemoveHopHeaders(r.Header, isUpgrade(r.Header))
@@ -347,7 +348,7 @@ func (in *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // authorize decides r, filling rec: 0 when it is allowed (its path then
 // normalized for the application), else the status and body to answer.
-func (in *inbound) authorize(ctx context.Context, r *http.Request, ci *connInfo, rec *decisionRecord) (status int, body string) {
+func (in *inbound) authorize(ctx context.Context, r *http.Request, ci *connInfo, rec *accesslog.Record) (status int, body string) {
 	p := in.p
 	principal := ci.principal
 	reqID := ensureRequestID(r.Header)
@@ -363,7 +364,7 @@ func (in *inbound) authorize(ctx context.Context, r *http.Request, ci *connInfo,
 	if !d.Allow {
 		d = set.Explain(ctx, &pin) // the full reason, for the audit log
 	}
-	*rec = decisionRecord{
+	*rec = accesslog.Record{
 		RequestID: reqID, Direction: "inbound", Listener: in.l.Name, Protocol: ProtocolHTTP,
 		SourcePrincipal: principal, SourceIP: ci.srcIPText, Destination: self, DestinationPort: in.l.Port,
 		Method: r.Method, Path: r.RequestURI, Host: r.Host, MTLS: ci.mtls, Authenticated: principal != "",
@@ -406,7 +407,7 @@ func ensureRequestID(h http.Header) string {
 	return id
 }
 
-func (in *inbound) finish(rec *decisionRecord, status int, start time.Time) {
+func (in *inbound) finish(rec *accesslog.Record, status int, start time.Time) {
 	elapsed := time.Since(start)
 	rec.Status = status
 	rec.LatencyMS = float64(elapsed.Microseconds()) / 1000
@@ -415,7 +416,7 @@ func (in *inbound) finish(rec *decisionRecord, status int, start time.Time) {
 	in.duration.Observe(elapsed.Seconds())
 }
 
-func fillDecision(rec *decisionRecord, d policy.Decision) {
+func fillDecision(rec *accesslog.Record, d policy.Decision) {
 	rec.Decision = "deny"
 	if d.Allow {
 		rec.Decision = "allow"
@@ -500,7 +501,7 @@ func (in *inbound) serveTCP(ctx context.Context, conn net.Conn) {
 		pin.Connection.SNI = cs.ServerName
 	}
 	d := p.engine.Set().Explain(ctx, &pin)
-	rec := &decisionRecord{
+	rec := &accesslog.Record{
 		RequestID: newRequestID(), Direction: "inbound", Listener: in.l.Name, Protocol: ProtocolTCP,
 		SourcePrincipal: principal, SourceIP: pin.Source.IP.String(), Destination: self, DestinationPort: in.l.Port,
 		MTLS: cs != nil, Authenticated: principal != "",

@@ -26,6 +26,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/trustmesh/trustmesh/internal/accesslog"
 )
 
 func TestAllowedRequestCarriesIdentityAndNoSpoofedHeaders(t *testing.T) {
@@ -252,7 +254,7 @@ func TestTCPListener(t *testing.T) {
 	}
 	waitFor(t, 5*time.Second, "two TCP audit records", func() bool { return len(auditRecords(t, m.apiAudit)) == 2 })
 	recs := auditRecords(t, m.apiAudit)
-	byPrincipal := map[string]decisionRecord{}
+	byPrincipal := map[string]accesslog.Record{}
 	for _, r := range recs {
 		byPrincipal[r.SourcePrincipal] = r
 	}
