@@ -474,11 +474,16 @@ func (g *Gateway) schemeOf(r *http.Request) string {
 }
 
 // hostOf is the host the browser used: X-Forwarded-Host from a trusted
-// proxy, else Host.
+// proxy, else Host. Of a list (a proxy that appends to what the client
+// sent) the last value counts: the one the proxy next to the gateway
+// added, as clientIP takes X-Forwarded-For's last hop.
 func (g *Gateway) hostOf(r *http.Request) string {
 	if g.fromTrustedProxy(r) {
-		if v := r.Header.Get("X-Forwarded-Host"); v != "" {
-			v, _, _ = strings.Cut(v, ",")
+		if vs := r.Header.Values("X-Forwarded-Host"); len(vs) > 0 {
+			v := vs[len(vs)-1]
+			if i := strings.LastIndexByte(v, ','); i >= 0 {
+				v = v[i+1:]
+			}
 			if v = strings.TrimSpace(v); v != "" {
 				return v
 			}
@@ -752,19 +757,24 @@ func (g *Gateway) forwardAuth(w http.ResponseWriter, r *http.Request) {
 	start := g.now()
 	setPageHeaders(w)
 	host := g.hostOf(r)
-	uri := r.Header.Get("X-Original-Uri")
-	if uri == "" {
-		uri = r.Header.Get("X-Forwarded-Uri")
-	}
+	uri, uriOK := forwardedValue(r.Header, "X-Original-Uri", "X-Forwarded-Uri")
+	method, methodOK := forwardedValue(r.Header, "X-Original-Method", "X-Forwarded-Method")
 	if uri == "" {
 		uri = "/"
 	}
-	method := r.Header.Get("X-Original-Method")
-	if method == "" {
-		method = r.Header.Get("X-Forwarded-Method")
-	}
 	if method == "" {
 		method = http.MethodGet
+	}
+	if !uriOK || !methodOK {
+		// nginx sets X-Original-URI, Traefik and Caddy X-Forwarded-Uri,
+		// and each passes the other name on from the client: a second,
+		// different value is the client's, and which one is the real
+		// request cannot be told here.
+		d := decision{rq: &Request{Mode: "forward_auth", Method: method, Host: host, URI: uri, ClientIP: g.clientIP(r)},
+			verdict: Verdict{Reason: "conflicting values in X-Original-URI/X-Forwarded-Uri or X-Original-Method/X-Forwarded-Method", Rule: -1}, status: http.StatusForbidden}
+		w.WriteHeader(http.StatusForbidden)
+		g.record(d, "forward_auth", "", http.StatusForbidden, start, r)
+		return
 	}
 	rq, err := g.newRequest(r, "forward_auth", method, host, uri)
 	if err != nil {
@@ -794,6 +804,22 @@ func (g *Gateway) forwardAuth(w http.ResponseWriter, r *http.Request) {
 	}
 	w.WriteHeader(status)
 	g.record(d, "forward_auth", rt.Name, status, start, r)
+}
+
+// forwardedValue is the one value the headers named carry between them
+// (each may be absent); ok is false when they carry different values.
+func forwardedValue(h http.Header, names ...string) (v string, ok bool) {
+	for _, name := range names {
+		for _, x := range h.Values(name) {
+			switch {
+			case v == "":
+				v = x
+			case x != v:
+				return v, false
+			}
+		}
+	}
+	return v, true
 }
 
 // serveProxy is reverse-proxy mode: the request's host and path pick the

@@ -297,6 +297,33 @@ func TestForwardAuth(t *testing.T) {
 	if a := h.lastAudit("access_decision"); a["mode"] != "forward_auth" || a["route"] != "admin" {
 		t.Fatalf("audit: %v", a)
 	}
+	// A proxy that sets one of the two names passes the other on from the
+	// client: two different values are refused, whichever is first.
+	for _, hdr := range []map[string]string{
+		{"X-Forwarded-Uri": "/admin/x", "X-Original-URI": "/docs"},
+		{"X-Original-URI": "/admin/x", "X-Forwarded-Uri": "/docs"},
+		{"X-Original-URI": "/docs", "X-Original-Method": "GET", "X-Forwarded-Method": "POST"},
+	} {
+		hdr["X-Forwarded-Host"] = "tool.example.com"
+		if r := h.get(noFollow(c), "/oauth2/auth", hdr); r.StatusCode != http.StatusForbidden {
+			t.Fatalf("%v: %d", hdr, r.StatusCode)
+		}
+		if a := h.lastAudit("access_decision"); !strings.Contains(fmt.Sprint(a["reason"]), "conflicting values") {
+			t.Fatalf("%v: audit %v", hdr, a)
+		}
+	}
+	same := map[string]string{"X-Forwarded-Host": "tool.example.com", "X-Original-URI": "/docs", "X-Forwarded-Uri": "/docs"}
+	if r := h.get(noFollow(c), "/oauth2/auth", same); r.StatusCode != http.StatusAccepted {
+		t.Fatalf("the same URI under both names: %d", r.StatusCode)
+	}
+	// Of an appended X-Forwarded-Host list the last value (the nearest
+	// proxy's) picks the route, not the client's first.
+	if r := fa(c, "tool.example.com, unknown.example.com", "/"); r.StatusCode != http.StatusForbidden {
+		t.Fatalf("appended X-Forwarded-Host: %d", r.StatusCode)
+	}
+	if r := fa(c, "unknown.example.com,tool.example.com", "/"); r.StatusCode != http.StatusAccepted {
+		t.Fatalf("appended X-Forwarded-Host, route last: %d", r.StatusCode)
+	}
 	// A bearer token answers too.
 	tok := h.idp.claims(h.clock.Now())
 	tok["groups"] = []string{"engineering"}

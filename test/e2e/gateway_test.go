@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -212,6 +213,10 @@ routes:
     path_prefix: /admin
     identity_provider: corp
     allow: {groups: [admins]}
+  - name: other-route
+    host: other-route.example.com
+    identity_provider: corp
+    allow: {groups: [engineering]}
 audit_log: %s
 assertion:
   signing_key_file: %s
@@ -374,6 +379,14 @@ http {
 		resp.Body.Close()
 		t.Errorf("Host: other-route.example.com got %d from nginx, want the connection closed", resp.StatusCode)
 	}
+	// Nor in an absolute-form request line, where nginx picks the server
+	// by the line's host and ignores Host: the gateway judges the request
+	// by the host nginx served it for (the example sends $host), so the
+	// admin route's rules apply, not the laxer other-route's.
+	if resp := absoluteForm(t, nginxAddr, host, pool, "https://"+host+"/admin/users", "other-route.example.com",
+		"_trustmesh_session="+sc.Value); resp.StatusCode != http.StatusForbidden {
+		t.Errorf("absolute-form request with another Host: %d, want 403 (the admin route's rules)", resp.StatusCode)
+	}
 	// The auth endpoint is internal to nginx.
 	if resp, _ := get(noRedirect, external+"/oauth2/auth", nil); resp.StatusCode != http.StatusNotFound {
 		t.Errorf("/oauth2/auth from outside: %d", resp.StatusCode)
@@ -404,4 +417,26 @@ http {
 	if strings.Contains(string(audit)+gw.log.String(), sc.Value) {
 		t.Error("the session cookie is in a log")
 	}
+}
+
+// absoluteForm sends one GET with target in absolute form (RFC 9112 3.2.2)
+// and a Host header of its own, which net/http's client cannot write.
+func absoluteForm(t *testing.T, addr, serverName string, roots *x509.CertPool, target, hostHeader, cookie string) *http.Response {
+	t.Helper()
+	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, &tls.Config{RootCAs: roots, ServerName: serverName})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: %s\r\nCookie: %s\r\nConnection: close\r\n\r\n", target, hostHeader, cookie); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("absolute-form request: %v", err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp
 }
