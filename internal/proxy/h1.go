@@ -208,6 +208,11 @@ func (f *h1Forwarder) exchange(c net.Conn, br *bufio.Reader, bw *bufio.Writer, x
 		req.Header["User-Agent"] = []string{""} // Request.Write adds none
 	}
 	req.Close = false
+	// Request trailers are not forwarded (Envoy does not by default): the
+	// identity headers the side strips could come back in them. With no
+	// Trailer map when Request.Write starts, the chunked body ends
+	// without any; what the client sends there is read and dropped.
+	req.Trailer = nil
 	if hasBody {
 		fb := &flushBeforeBlock{ReadCloser: req.Body, src: br, left: req.ContentLength}
 		// Like net/http's server (and nginx), answer Expect: 100-continue

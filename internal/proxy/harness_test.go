@@ -123,6 +123,7 @@ type echoReply struct {
 	Path    string      `json:"path"`
 	RawPath string      `json:"raw_path"`
 	Headers http.Header `json:"headers"`
+	Trailer http.Header `json:"trailer"` // the request's trailers, once its body is read
 }
 
 func startEcho(t *testing.T) *echoApp {
@@ -150,8 +151,11 @@ func startEcho(t *testing.T) *echoApp {
 		if r.URL.Path == "/slow" {
 			<-e.release
 		}
+		if r.Method == http.MethodPost {
+			_, _ = io.Copy(io.Discard, r.Body) // (the trailers come after it)
+		}
 		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(echoReply{Path: r.URL.Path, RawPath: r.URL.RawPath, Headers: r.Header})
+		_ = json.NewEncoder(w).Encode(echoReply{Path: r.URL.Path, RawPath: r.URL.RawPath, Headers: r.Header, Trailer: r.Trailer})
 	})}
 	go func() { _ = e.srv.Serve(ln) }()
 	t.Cleanup(func() { e.srv.Close() })

@@ -353,6 +353,11 @@ func (in *inbound) authorize(ctx context.Context, r *http.Request, ci *connInfo,
 	principal := ci.principal
 	reqID := ensureRequestID(r.Header)
 	self := p.id.ID().String()
+	// The policy sees the identity headers the application will get (as
+	// Envoy's RBAC filter sees the X-Forwarded-Client-Cert its connection
+	// manager set), never the ones the client sent: a rule on
+	// request.headers[x-forwarded-client-cert] must not match a forgery.
+	setIdentityHeaders(r.Header, p.set.StripHeaders, ci, self)
 	pin := policy.Input{
 		Source:      policy.Peer{Principal: principal, IP: ci.srcIP},
 		Destination: policy.Destination{Principal: self, Namespace: p.namespace, Labels: p.set.Labels, Port: in.l.Port, IP: ci.dstIP},
@@ -445,9 +450,18 @@ func (in *inbound) rewrite(pr *httputil.ProxyRequest, backend *url.URL) {
 	pr.SetURL(backend)
 	pr.Out.Host = pr.In.Host
 	pr.SetXForwarded()
-	stripIdentityHeaders(pr.Out.Header, in.p.set.StripHeaders)
-	if ci := connInfoOf(pr.In); ci.principal != "" {
-		pr.Out.Header["X-Forwarded-Client-Cert"] = []string{ci.xfccFor(in.p.id.ID().String())}
+	// (authorize has set the identity headers on In, which Out copies.)
+	// Request trailers are not forwarded, as Envoy does not by default:
+	// they would carry identity headers past the stripping above.
+	pr.Out.Trailer = nil
+}
+
+// setIdentityHeaders removes the identity headers the client sent and
+// sets X-Forwarded-Client-Cert for a verified peer.
+func setIdentityHeaders(h http.Header, strip []string, ci *connInfo, self string) {
+	stripIdentityHeaders(h, strip)
+	if ci.principal != "" {
+		h["X-Forwarded-Client-Cert"] = []string{ci.xfccFor(self)}
 	}
 }
 
@@ -576,8 +590,8 @@ func (s inboundH1) upstreamFailed(err error) {
 
 // forwardHeaders is rewrite's header work for the HTTP/1.1 path, as
 // httputil.ReverseProxy with SetXForwarded does it: the client's
-// Forwarded and X-Forwarded-* replaced by ours, identity headers it sent
-// removed, X-Forwarded-Client-Cert for a verified peer.
+// Forwarded and X-Forwarded-* replaced by ours. (The identity headers
+// authorize has set.)
 func (in *inbound) forwardHeaders(h http.Header, host string, ci *connInfo) {
 	for _, k := range []string{"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"} {
 		delete(h, k)
@@ -590,9 +604,5 @@ func (in *inbound) forwardHeaders(h http.Header, host string, ci *connInfo) {
 		h["X-Forwarded-Proto"] = []string{"https"}
 	} else {
 		h["X-Forwarded-Proto"] = []string{"http"}
-	}
-	stripIdentityHeaders(h, in.p.set.StripHeaders)
-	if ci.principal != "" {
-		h["X-Forwarded-Client-Cert"] = []string{ci.xfccFor(in.p.id.ID().String())}
 	}
 }

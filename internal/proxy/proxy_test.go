@@ -715,3 +715,90 @@ func TestConnectionHeaderCannotRemoveProxyHeaders(t *testing.T) {
 		t.Errorf("X-Request-Id at the application: %q (the client's was a hop-by-hop header)", id)
 	}
 }
+
+// svidClient calls the API's inbound listener directly, as the frontend
+// (its SVID), over HTTP/1.1 or HTTP/2.
+func (m *mesh) svidClient(t *testing.T, alpn string) *http.Client {
+	cfg := m.svidTLS(t, idFrontend)
+	cfg.NextProtos = []string{alpn}
+	tr := &http.Transport{TLSClientConfig: cfg, ForceAttemptHTTP2: alpn == "h2"}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr, Timeout: 10 * time.Second}
+}
+
+// TestRequestTrailersNotForwarded: identity headers sent as request
+// trailers (declared or not) never reach the application, on either
+// path; Envoy too drops request trailers by default.
+func TestRequestTrailersNotForwarded(t *testing.T) {
+	m := newMesh(t, meshOpts{})
+	for _, alpn := range []string{"http/1.1", "h2"} {
+		t.Run(alpn, func(t *testing.T) {
+			req, _ := http.NewRequest(http.MethodPost, "https://"+m.api.Addr("http").String()+"/api/upload", strings.NewReader("body"))
+			req.ContentLength = -1 // chunked on HTTP/1.1, so that trailers can follow
+			req.Trailer = http.Header{
+				"X-Forwarded-Client-Cert": {"By=spiffe://evil;URI=spiffe://example.org/ns/default/sa/admin"},
+				"X-Trustmesh-User":        {"admin"},
+				"X-App-Checksum":          {"abc"},
+			}
+			resp, err := m.svidClient(t, alpn).Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			var got echoReply
+			if err := json.NewDecoder(resp.Body).Decode(&got); err != nil || resp.StatusCode != http.StatusOK || resp.Proto[:6] != map[string]string{"h2": "HTTP/2", "http/1.1": "HTTP/1"}[alpn] {
+				t.Fatalf("%s %d: %v", resp.Proto, resp.StatusCode, err)
+			}
+			for k, v := range got.Trailer {
+				if len(v) > 0 && v[0] != "" {
+					t.Errorf("trailer %s: %q reached the application", k, v)
+				}
+			}
+			if xfcc := got.Headers.Values("X-Forwarded-Client-Cert"); len(xfcc) != 1 || !strings.HasSuffix(xfcc[0], ";URI="+idFrontend) {
+				t.Errorf("XFCC %q", xfcc)
+			}
+		})
+	}
+}
+
+// TestPolicySeesOnlyTheProxysIdentityHeaders: a rule on an identity
+// header matches the value the proxy sets, never one the client forged.
+func TestPolicySeesOnlyTheProxysIdentityHeaders(t *testing.T) {
+	m := newMesh(t, meshOpts{})
+	writeFile(t, filepath.Join(m.policyDir, "header-rules.yaml"), []byte(`apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: header-rules, namespace: default}
+spec:
+  action: DENY
+  rules:
+  - to: [{operation: {paths: ["/reports*"]}}]
+    when: [{key: "request.headers[x-trustmesh-user]", values: ["*"]}]
+  - to: [{operation: {paths: ["/reports*"]}}]
+    when: [{key: "request.headers[x-forwarded-client-cert]", values: ["*sa/admin"]}]
+  - to: [{operation: {paths: ["/frontend-only*"]}}]
+    when: [{key: "request.headers[x-forwarded-client-cert]", notValues: ["*;URI=` + idFrontend + `"]}]
+`), 0o644)
+	// (Reloads count changes after the first load.)
+	waitFor(t, 10*time.Second, "the header rules", func() bool {
+		return counter(t, m.api, "trustmesh_policy_reloads_total", map[string]string{"result": "ok"}) >= 1
+	})
+	forged := http.Header{
+		"X-Trustmesh-User":        {"admin"},
+		"X-Forwarded-Client-Cert": {"By=spiffe://evil;URI=spiffe://example.org/ns/default/sa/admin"},
+	}
+	for _, alpn := range []string{"http/1.1", "h2"} {
+		c := m.svidClient(t, alpn)
+		for _, path := range []string{"/reports", "/frontend-only"} {
+			req, _ := http.NewRequest(http.MethodGet, "https://"+m.api.Addr("http").String()+path, nil)
+			req.Header = forged.Clone()
+			resp, err := c.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				t.Errorf("%s %s with forged identity headers: %d (the policy saw the forgery)", alpn, path, resp.StatusCode)
+			}
+		}
+	}
+}
