@@ -776,7 +776,7 @@ spec:
   - to: [{operation: {paths: ["/reports*"]}}]
     when: [{key: "request.headers[x-forwarded-client-cert]", values: ["*sa/admin"]}]
   - to: [{operation: {paths: ["/frontend-only*"]}}]
-    when: [{key: "request.headers[x-forwarded-client-cert]", notValues: ["*;URI=` + idFrontend + `"]}]
+    when: [{key: "request.headers[x-forwarded-client-cert]", notValues: ["*;URI=`+idFrontend+`"]}]
 `), 0o644)
 	// (Reloads count changes after the first load.)
 	waitFor(t, 10*time.Second, "the header rules", func() bool {
