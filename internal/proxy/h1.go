@@ -84,7 +84,7 @@ func (f *h1Forwarder) serve(ctx context.Context, c net.Conn, br *bufio.Reader, l
 	}
 	defer f.live.remove(c)
 	bw := clientWriters.Get().(*bufio.Writer)
-	bw.Reset(c)
+	bw.Reset(&sendTimeout{Conn: c, timeout: f.p.set.IdleTimeout})
 	defer func() { bw.Reset(nil); clientWriters.Put(bw) }()
 	ci := newConnInfo(c)
 	set := &f.p.set
@@ -131,10 +131,13 @@ func (f *h1Forwarder) serve(ctx context.Context, c net.Conn, br *bufio.Reader, l
 		}
 		lr.N = math.MaxInt64
 		if req.Body != http.NoBody {
-			// A body may take its time. (Without one, the head's deadline
-			// can stay: nothing reads c until the next request, which sets
-			// its own, or a WebSocket tunnel, which clears it.)
-			_ = c.SetReadDeadline(time.Time{})
+			// A body may take its time, as long as it keeps coming: each
+			// read of it from the network may wait idle_timeout (nginx's
+			// client_body_timeout), flushBeforeBlock moving the deadline.
+			// (Without a body, the head's deadline can stay: nothing reads
+			// c until the next request, which sets its own, or a
+			// WebSocket tunnel, which clears it.)
+			_ = c.SetReadDeadline(time.Now().Add(set.IdleTimeout))
 		}
 		if status := checkRequest(req); status != 0 {
 			refuse(status)
@@ -214,7 +217,7 @@ func (f *h1Forwarder) exchange(c net.Conn, br *bufio.Reader, bw *bufio.Writer, x
 	// without any; what the client sends there is read and dropped.
 	req.Trailer = nil
 	if hasBody {
-		fb := &flushBeforeBlock{ReadCloser: req.Body, src: br, left: req.ContentLength}
+		fb := &flushBeforeBlock{ReadCloser: req.Body, src: br, left: req.ContentLength, progress: c, progressTimeout: f.p.set.IdleTimeout}
 		// Like net/http's server (and nginx), answer Expect: 100-continue
 		// here when the body is first read, rather than wait for the
 		// upstream's 100 while the client waits for ours.
@@ -242,6 +245,19 @@ func (f *h1Forwarder) exchange(c net.Conn, br *bufio.Reader, bw *bufio.Writer, x
 		// what follows on that connection is not HTTP we could frame.
 		f.pool.Discard(up)
 		err = errors.New("101 Switching Protocols to " + strconv.Quote(strings.Join(resp.Header["Upgrade"], ",")) + " for a request that did not ask for it")
+	}
+	if cerr := clientBodyErr(req); err != nil && cerr != nil {
+		// The client stopped sending its body: too slow (idle_timeout
+		// between two reads of it), or gone. Its failure, not the
+		// upstream's.
+		status := http.StatusBadRequest
+		if isTimeout(cerr) {
+			status = http.StatusRequestTimeout
+		}
+		writeLocal(bw, status, http.StatusText(status), false)
+		f.side.finish(x, status)
+		_ = bw.Flush()
+		return false
 	}
 	if err != nil {
 		f.side.upstreamFailed(err)
@@ -501,8 +517,15 @@ func readEarlyResponse(up *upstream.Conn, req *http.Request) (*http.Response, er
 // clientBodyFailed: reading the request body from the client failed (as
 // opposed to writing it to the upstream).
 func clientBodyFailed(req *http.Request) bool {
-	fb, ok := req.Body.(*flushBeforeBlock)
-	return ok && fb.clientErr
+	return clientBodyErr(req) != nil
+}
+
+// clientBodyErr is what failed reading the request body from the client.
+func clientBodyErr(req *http.Request) error {
+	if fb, ok := req.Body.(*flushBeforeBlock); ok {
+		return fb.clientErr
+	}
+	return nil
 }
 
 // lingerClose ends a client connection whose request body was not read
@@ -528,6 +551,7 @@ func (f *h1Forwarder) tunnel(c net.Conn, br *bufio.Reader, bw *bufio.Writer, x *
 		return false
 	}
 	_ = c.SetReadDeadline(time.Time{})
+	_ = c.SetWriteDeadline(time.Time{}) // sendTimeout's, from the 101
 	pipe(&bufferedConn{Conn: c, r: br}, &bufferedConn{Conn: up.Conn, r: up.BR})
 	return false
 }
@@ -610,9 +634,13 @@ type flushBeforeBlock struct {
 	continueTo *bufio.Writer // the client, owed a 100 Continue before the first read
 	left       int64         // bytes of the body still to come; -1 unknown
 	eof        bool
-	clientErr  bool // reading the body from the client (or answering 100 Continue) failed
+	clientErr  error // reading the body from the client (or answering 100 Continue) failed
 	// cut is, for a response body, the upstream connection: see Close.
 	cut net.Conn
+	// progress is, for a request body, the client connection: each read
+	// from it may wait progressTimeout.
+	progress        net.Conn
+	progressTimeout time.Duration
 }
 
 // Close closes the body. Closing a response body before its end reads the
@@ -633,11 +661,11 @@ func (f *flushBeforeBlock) Read(p []byte) (int, error) {
 	if w := f.continueTo; w != nil {
 		f.continueTo = nil
 		if _, err := w.WriteString("HTTP/1.1 100 Continue\r\n\r\n"); err != nil {
-			f.clientErr = true
+			f.clientErr = err
 			return 0, err
 		}
 		if err := w.Flush(); err != nil {
-			f.clientErr = true
+			f.clientErr = err
 			return 0, err
 		}
 	}
@@ -648,6 +676,9 @@ func (f *flushBeforeBlock) Read(p []byte) (int, error) {
 			return 0, err
 		}
 	}
+	if f.progress != nil && f.src.Buffered() == 0 {
+		_ = f.progress.SetReadDeadline(time.Now().Add(f.progressTimeout))
+	}
 	n, err := f.ReadCloser.Read(p)
 	if f.left > 0 {
 		f.left -= int64(n)
@@ -655,7 +686,7 @@ func (f *flushBeforeBlock) Read(p []byte) (int, error) {
 	if err == io.EOF {
 		f.eof = true
 	} else if err != nil {
-		f.clientErr = true
+		f.clientErr = err
 	}
 	return n, err
 }
@@ -699,6 +730,20 @@ type writerOnly struct{ w *bufio.Writer }
 func (w writerOnly) Write(p []byte) (int, error)       { return w.w.Write(p) }
 func (w writerOnly) WriteString(s string) (int, error) { return w.w.WriteString(s) }
 func (w writerOnly) WriteByte(c byte) error            { return w.w.WriteByte(c) }
+
+// sendTimeout is the client connection as its bufio.Writer sees it: each
+// write may wait timeout for the client to take the bytes (nginx's
+// send_timeout), so a client that stops reading its response is cut off
+// instead of holding its connection slot and an upstream connection.
+type sendTimeout struct {
+	net.Conn
+	timeout time.Duration
+}
+
+func (w *sendTimeout) Write(p []byte) (int, error) {
+	_ = w.Conn.SetWriteDeadline(time.Now().Add(w.timeout))
+	return w.Conn.Write(p)
+}
 
 // bufferedConn reads through the bufio.Reader that may hold bytes already
 // read from the connection.

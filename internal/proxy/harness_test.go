@@ -19,6 +19,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -151,6 +152,11 @@ func startEcho(t *testing.T) *echoApp {
 		if r.URL.Path == "/slow" {
 			<-e.release
 		}
+		if r.URL.Path == "/public/big" { // more than the sockets between here and a client that does not read hold
+			w.Header().Set("Content-Length", strconv.Itoa(bigResponse))
+			_, _ = io.Copy(w, io.LimitReader(zeros{}, bigResponse))
+			return
+		}
 		if r.Method == http.MethodPost {
 			_, _ = io.Copy(io.Discard, r.Body) // (the trailers come after it)
 		}
@@ -161,6 +167,8 @@ func startEcho(t *testing.T) *echoApp {
 	t.Cleanup(func() { e.srv.Close() })
 	return e
 }
+
+const bigResponse = 64 << 20
 
 // tcpEcho echoes bytes (the application behind a TCP listener).
 func tcpEcho(t *testing.T) string {

@@ -100,6 +100,17 @@ func (p *Proxy) newInbound(l Listener, ln net.Listener) *inbound {
 			BufferPool: httpx.BufferPool{},
 			ErrorLog:   slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
 			ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+				if pb, ok := r.Context().Value(progressBodyKey).(*progressBody); ok && pb.err != nil {
+					// The client stopped sending its body (too slow, or
+					// gone): its failure, not the application's.
+					status := http.StatusBadRequest
+					if isTimeout(pb.err) {
+						status = http.StatusRequestTimeout
+					}
+					w.Header().Set("Connection", "close")
+					http.Error(w, http.StatusText(status), status)
+					return
+				}
 				in.upstreamErrors.Inc()
 				if !errors.Is(err, context.Canceled) {
 					p.log.Warn("application unreachable", "listener", l.Name, "forward", l.Forward, "err", err)
@@ -330,6 +341,24 @@ func (in *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	in.p.audit.begin()
 	defer in.p.audit.end()
 	var rec accesslog.Record
+	if r.ProtoMajor == 1 {
+		// As on h1.go's path: a body, and a response, may take their
+		// time as long as they keep moving (idle_timeout between two
+		// reads of the body, or for one write to the client), so a slow
+		// client cannot hold its connection slot. (Not on HTTP/2: a gRPC
+		// stream may rightly be quiet for long, and a stalled stream
+		// holds no connection of its own.)
+		rc := http.NewResponseController(w)
+		if r.Body != nil && r.Body != http.NoBody {
+			pb := &progressBody{ReadCloser: r.Body, rc: rc, timeout: in.p.set.IdleTimeout}
+			// (ReverseProxy hands its error handler the body wrapped.)
+			r = r.WithContext(context.WithValue(r.Context(), progressBodyKey, pb))
+			r.Body = pb
+		}
+		pw := &progressWriter{ResponseWriter: w, rc: rc, timeout: in.p.set.IdleTimeout}
+		pw.extend() // net/http leaves the last response's deadline in place
+		w = pw
+	}
 	// As on the HTTP/1.1 path: the policy sees the request without its
 	// hop-by-hop headers (httputil.ReverseProxy drops them again, harmlessly).
 	httpx.RemoveHopHeaders(r.Header, isUpgrade(r.Header))
@@ -345,6 +374,61 @@ func (in *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	in.rp.ServeHTTP(sw, r)
 	in.finish(&rec, sw.Code(), start)
 }
+
+// progressBody gives each read of a request body timeout.
+type progressBody struct {
+	io.ReadCloser
+	rc      *http.ResponseController
+	timeout time.Duration
+	err     error // the read that failed, other than EOF
+}
+
+type progressBodyKeyType struct{}
+
+var progressBodyKey progressBodyKeyType
+
+func (b *progressBody) Read(p []byte) (int, error) {
+	_ = b.rc.SetReadDeadline(time.Now().Add(b.timeout))
+	n, err := b.ReadCloser.Read(p)
+	switch {
+	case err == io.EOF:
+		// The body is over: net/http's server now reads the connection
+		// in the background to notice the client leaving, and a deadline
+		// left here would end that read and cancel the request while the
+		// upstream takes its time.
+		_ = b.rc.SetReadDeadline(time.Time{})
+	case err != nil:
+		b.err = err // (the deadline stays: nothing more is read from this client)
+	}
+	return n, err
+}
+
+// progressWriter gives each write of the response (head, body, flush)
+// timeout, counted from when it starts.
+type progressWriter struct {
+	http.ResponseWriter
+	rc      *http.ResponseController
+	timeout time.Duration
+}
+
+func (w *progressWriter) extend() { _ = w.rc.SetWriteDeadline(time.Now().Add(w.timeout)) }
+
+func (w *progressWriter) WriteHeader(code int) {
+	w.extend()
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *progressWriter) Write(p []byte) (int, error) {
+	w.extend()
+	return w.ResponseWriter.Write(p)
+}
+
+func (w *progressWriter) FlushError() error {
+	w.extend()
+	return w.rc.Flush()
+}
+
+func (w *progressWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // authorize decides r, filling rec: 0 when it is allowed (its path then
 // normalized for the application), else the status and body to answer.

@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -800,5 +801,87 @@ spec:
 				t.Errorf("%s %s with forged identity headers: %d (the policy saw the forgery)", alpn, path, resp.StatusCode)
 			}
 		}
+	}
+}
+
+// TestSlowBodiesAndReadersCutOff: a request body, and a response, may
+// take their time while they keep moving, but one that stalls for
+// idle_timeout ends the exchange (408 for a stalled body), on the
+// HTTP/1.1 fast path (mTLS) and on net/http's (plaintext, PERMISSIVE).
+func TestSlowBodiesAndReadersCutOff(t *testing.T) {
+	const idle = time.Second
+	m := newMesh(t, meshOpts{limits: func(s *Settings) { s.IdleTimeout = idle }})
+	paths := []struct {
+		name, addr string
+		tls        *tls.Config
+	}{
+		{"mtls", m.api.Addr("http").String(), m.svidTLS(t, idFrontend)},
+		{"plaintext", m.api.Addr("permissive").String(), nil},
+	}
+	dial := func(t *testing.T, addr string, cfg *tls.Config) net.Conn {
+		d := &net.Dialer{Timeout: 5 * time.Second}
+		var c net.Conn
+		var err error
+		if cfg != nil {
+			c, err = tls.DialWithDialer(d, "tcp", addr, cfg)
+		} else {
+			c, err = d.Dial("tcp", addr)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+		return c
+	}
+	for _, p := range paths {
+		t.Run(p.name, func(t *testing.T) {
+			// A body that trickles in, each byte well within idle_timeout
+			// but the whole longer than it, is served.
+			c := dial(t, p.addr, p.tls)
+			const n = 6
+			fmt.Fprintf(c, "POST /public/upload HTTP/1.1\r\nHost: api\r\nContent-Length: %d\r\n\r\n", n)
+			for i := 0; i < n; i++ {
+				time.Sleep(idle / 4)
+				if _, err := c.Write([]byte("x")); err != nil {
+					t.Fatal(err)
+				}
+			}
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil || resp.StatusCode != http.StatusOK {
+				t.Fatalf("trickled body: %v %v", resp, err)
+			}
+			// A body that stops: 408, and the connection ends.
+			c = dial(t, p.addr, p.tls)
+			fmt.Fprint(c, "POST /public/upload HTTP/1.1\r\nHost: api\r\nContent-Length: 100\r\n\r\nx")
+			br := bufio.NewReader(c)
+			resp, err = http.ReadResponse(br, nil)
+			if err != nil || resp.StatusCode != http.StatusRequestTimeout {
+				t.Fatalf("stalled body: %v %v", resp, err)
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			if _, err := br.ReadByte(); err == nil {
+				t.Fatal("the connection stayed open after the 408")
+			}
+			// A client that stops reading a large response is cut off: it
+			// gets no more than the sockets held when it stopped.
+			c = dial(t, p.addr, p.tls)
+			fmt.Fprint(c, "GET /public/big HTTP/1.1\r\nHost: api\r\n\r\n")
+			time.Sleep(3 * idle)
+			got, _ := io.Copy(io.Discard, c)
+			if got >= bigResponse {
+				t.Fatalf("the whole response (%d bytes) reached a client that stopped reading", got)
+			}
+		})
+	}
+	// The cut-off exchanges are in the audit log as what the client got.
+	var statuses []int
+	for _, r := range auditRecords(t, m.apiAudit) {
+		if r.Path == "/public/upload" {
+			statuses = append(statuses, r.Status)
+		}
+	}
+	if !slices.Equal(statuses, []int{200, 408, 200, 408}) {
+		t.Fatalf("audit statuses %v", statuses)
 	}
 }
