@@ -147,14 +147,27 @@ func (c *releasingConn) CloseWrite() error {
 // tcpConns tracks a listener's piped TCP connections, so shutdown can
 // wait for them to finish and close those still open at the deadline.
 type tcpConns struct {
-	wg    sync.WaitGroup
-	mu    sync.Mutex
-	conns map[net.Conn]struct{}
+	wg       sync.WaitGroup
+	mu       sync.Mutex
+	conns    map[net.Conn]struct{}
+	draining bool
 }
 
-// start counts one connection's goroutine; done ends it.
-func (t *tcpConns) start() { t.wg.Add(1) }
-func (t *tcpConns) done()  { t.wg.Done() }
+// start counts one connection's goroutine, false once drain has begun:
+// a connection whose handshake finishes during shutdown is not served
+// (and drain's Wait never races an Add).
+func (t *tcpConns) start() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.draining {
+		return false
+	}
+	t.wg.Add(1)
+	return true
+}
+
+// done ends what start counted.
+func (t *tcpConns) done() { t.wg.Done() }
 
 // track registers c until the returned func is called.
 func (t *tcpConns) track(c net.Conn) (untrack func()) {
@@ -174,6 +187,9 @@ func (t *tcpConns) track(c net.Conn) (untrack func()) {
 // drain waits for every connection to end, closing all that are still
 // open when ctx ends.
 func (t *tcpConns) drain(ctx context.Context) {
+	t.mu.Lock()
+	t.draining = true
+	t.mu.Unlock()
 	waitThenClose(ctx, &t.wg, func() {
 		t.mu.Lock()
 		for c := range t.conns {

@@ -130,15 +130,19 @@ func (in *inbound) serve(ctx context.Context) error {
 	return acceptLoop(ctx, in.ln, in.p, "inbound", in.l.Name, in.handle)
 }
 
-// acceptLoop accepts connections within the proxy's connection limit.
+// acceptLoop accepts connections within the proxy's connection limit:
+// at the limit, an accepted connection waits for a slot (and the next
+// ones wait in the kernel's accept queue). The slot is taken after
+// Accept, so that a listener with nothing to accept holds none: several
+// listeners share their direction's slots.
 func acceptLoop(ctx context.Context, ln net.Listener, p *Proxy, direction, name string, handle func(context.Context, net.Conn)) error {
 	for {
-		if !p.acquireSlot(ctx, direction) {
+		c, err := ln.Accept()
+		if err == nil && !p.acquireSlot(ctx, direction) {
+			c.Close() // shutting down
 			return nil
 		}
-		c, err := ln.Accept()
 		if err != nil {
-			p.releaseSlot(direction)
 			if errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
 				return nil
 			}
@@ -202,8 +206,10 @@ func (in *inbound) handle(ctx context.Context, c net.Conn) {
 	}
 	_ = c.SetDeadline(time.Time{})
 	if in.l.Protocol == ProtocolTCP {
+		if !in.tcp.start() {
+			return // shutting down
+		}
 		handedOff = true
-		in.tcp.start()
 		go func() {
 			defer in.tcp.done()
 			in.serveTCP(ctx, conn) // closes conn

@@ -181,7 +181,10 @@ func (o *outbound) serve(ctx context.Context) error {
 		return acceptLoop(ctx, o.ln, o.p, "outbound", o.l.Name, o.handleHTTP)
 	}
 	return acceptLoop(ctx, o.ln, o.p, "outbound", o.l.Name, func(ctx context.Context, c net.Conn) {
-		o.tcp.start()
+		if !o.tcp.start() {
+			c.Close() // shutting down; gives the slot back
+			return
+		}
 		defer o.tcp.done()
 		o.serveTCP(ctx, c) // closes c, which gives its slot back
 	})

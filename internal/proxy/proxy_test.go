@@ -363,6 +363,21 @@ func TestIdleSocketsDoNotHoldSlots(t *testing.T) {
 	}
 }
 
+// TestListenersShareSlots: a listener waiting for connections holds no
+// slot, so with max_connections below the number of listeners each
+// still serves, one connection at a time.
+func TestListenersShareSlots(t *testing.T) {
+	m := newMesh(t, meshOpts{limits: func(s *Settings) { s.MaxConnections = 1 }})
+	for i := 0; i < 2; i++ {
+		if line, err := rawExchange(t, m.api.Addr("http").String(), m.svidTLS(t, idFrontend), "GET /api HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n"); line != "HTTP/1.1 200 OK" {
+			t.Fatalf("mTLS listener: %q %v", line, err)
+		}
+		if line, err := rawExchange(t, m.api.Addr("permissive").String(), nil, "GET /public HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n"); line != "HTTP/1.1 200 OK" {
+			t.Fatalf("plaintext listener: %q %v", line, err)
+		}
+	}
+}
+
 func testenvCtx(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
