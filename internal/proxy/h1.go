@@ -359,9 +359,8 @@ func (f *h1Forwarder) roundTrip(ctx context.Context, req *http.Request, c net.Co
 				continue // no 1xx to an HTTP/1.0 client
 			}
 			httpx.RemoveHopHeaders(resp.Header, false)
-			if err = resp.Write(writerOnly{bw}); err == nil {
-				err = bw.Flush()
-			}
+			writeInterim(bw, resp)
+			err = bw.Flush()
 		}
 		if watch != nil && f.watches.stop(watch) {
 			f.pool.Discard(up)
@@ -575,6 +574,19 @@ func (f *h1Forwarder) get(ctx context.Context) (*upstream.Conn, bool, error) {
 func (f *h1Forwarder) shutdown(ctx context.Context) {
 	f.live.shutdown(ctx, f.pool.CloseBusy)
 	f.pool.CloseAll()
+}
+
+// writeInterim writes a 1xx response: its status line and headers, no
+// body and no framing header (Response.Write would add Content-Length: 0
+// to one answering a POST, which RFC 9110 section 8.6 forbids in a 1xx).
+func writeInterim(bw *bufio.Writer, resp *http.Response) {
+	bw.WriteString("HTTP/1.1 ")
+	bw.WriteString(strconv.Itoa(resp.StatusCode))
+	bw.WriteByte(' ')
+	bw.WriteString(http.StatusText(resp.StatusCode))
+	bw.WriteString("\r\n")
+	_ = resp.Header.Write(bw)
+	bw.WriteString("\r\n")
 }
 
 // writeLocal answers a request here (a denial, a bad gateway), unflushed.

@@ -757,7 +757,23 @@ func TestH1UpstreamResponseHeadLimits(t *testing.T) {
 			t.Errorf("%s: %v %v", path, resp, err)
 		}
 	}
+	// A 1xx to a POST goes on without framing headers (RFC 9110 8.6).
 	c, br := dialH1(t, paddr)
+	fmt.Fprint(c, "POST /one-1xx HTTP/1.1\r\nHost: api\r\nContent-Length: 0\r\n\r\n")
+	head, err := br.ReadString('\n')
+	for err == nil && !strings.HasSuffix(head, "\r\n\r\n") {
+		var line string
+		line, err = br.ReadString('\n')
+		head += line
+	}
+	if err != nil || !strings.HasPrefix(head, "HTTP/1.1 103 Early Hints\r\n") || !strings.Contains(head, "\r\nLink: </a>; rel=preload\r\n") ||
+		strings.Contains(head, "Content-Length") || strings.Contains(head, "Transfer-Encoding") {
+		t.Fatalf("interim response to a POST: %q %v", head, err)
+	}
+	if resp, body := readResp(t, br, "POST"); resp.StatusCode != 200 || body != "ok" {
+		t.Fatalf("after the 103: %d %q", resp.StatusCode, body)
+	}
+	c, br = dialH1(t, paddr)
 	fmt.Fprint(c, "GET /one-1xx HTTP/1.0\r\nHost: api\r\n\r\n")
 	if resp, body := readResp(t, br, "GET"); resp.StatusCode != 200 || body != "ok" {
 		t.Fatalf("HTTP/1.0 client: %d %q", resp.StatusCode, body)
