@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"strconv"
 	"strings"
 )
 
@@ -41,6 +42,13 @@ type attrs struct {
 	remoteIP     netip.Addr
 	http         bool
 	path         string // normalized
+	// paramFree is path without its segments' ";…" parameters (";" or
+	// "%3B" to the end of the segment), "" when path has none: Tomcat,
+	// Jetty and Spring serve "/admin;x/users" as "/admin/users". A DENY
+	// policy matches if it matches either form, an ALLOW policy only if
+	// it matches both, so parameters can neither escape a DENY nor win an
+	// ALLOW (Istio matches the path as it is).
+	paramFree string
 	method, host string
 	// bareHost is host without its port and trailing dot ("" when that is
 	// host itself): hosts rules match either form, so a DENY on
@@ -72,8 +80,54 @@ func prepare(in *Input) (attrs, error) {
 			return a, err
 		}
 		a.path = p
+		a.paramFree = withoutPathParams(p)
 	}
 	return a, nil
+}
+
+// withoutPathParams removes each segment's parameters from a normalized
+// path, "" when it has none.
+func withoutPathParams(p string) string {
+	if !strings.Contains(p, ";") && !strings.Contains(p, "%3B") {
+		return ""
+	}
+	var b strings.Builder
+	b.Grow(len(p))
+	for seg := range strings.SplitSeq(p[1:], "/") {
+		if i := strings.Index(seg, ";"); i >= 0 {
+			seg = seg[:i]
+		}
+		if i := strings.Index(seg, "%3B"); i >= 0 {
+			seg = seg[:i]
+		}
+		b.WriteByte('/')
+		b.WriteString(seg)
+	}
+	return b.String()
+}
+
+// matchDeny is match for a DENY policy: under either form of the path.
+func (p *compiledPolicy) matchDeny(a *attrs) int {
+	if r := p.match(a); r >= 0 || a.paramFree == "" {
+		return r
+	}
+	b := *a
+	b.path = a.paramFree
+	return p.match(&b)
+}
+
+// matchAllow is match for an ALLOW policy: under both forms of the path.
+func (p *compiledPolicy) matchAllow(a *attrs) int {
+	r := p.match(a)
+	if r < 0 || a.paramFree == "" {
+		return r
+	}
+	b := *a
+	b.path = a.paramFree
+	if p.match(&b) < 0 {
+		return -1
+	}
+	return r
 }
 
 // Evaluate decides in. It allocates nothing in the common case (no Rego,
@@ -193,7 +247,7 @@ func (s *Set) decide(ctx context.Context, list []*compiledPolicy, a *attrs, expl
 		if p.action != ActionDeny || p.dryRun {
 			continue
 		}
-		if r := p.match(a); r >= 0 {
+		if r := p.matchDeny(a); r >= 0 {
 			d.Action, d.Policy, d.Rule, d.Reason = ActionDeny, p.id, r, p.rules[r].matchedReason
 			return d
 		}
@@ -206,7 +260,7 @@ func (s *Set) decide(ctx context.Context, list []*compiledPolicy, a *attrs, expl
 			continue
 		}
 		allows++
-		if r := p.match(a); r >= 0 {
+		if r := p.matchAllow(a); r >= 0 {
 			d.Allow, d.Action, d.Policy, d.Rule, d.Reason = true, ActionAllow, p.id, r, p.rules[r].matchedReason
 			return d
 		}
@@ -512,6 +566,12 @@ func explainNoAllow(list []*compiledPolicy, a *attrs, allows int) string {
 				why = "HTTP-only fields never match a TCP connection"
 			} else {
 				why = r.mismatch(a)
+			}
+			if why == "" && a.paramFree != "" {
+				// It matched the path as sent; not without its parameters.
+				b2 := *a
+				b2.path = a.paramFree
+				why = r.mismatch(&b2) + " (path without its ;parameters " + strconv.Quote(a.paramFree) + ")"
 			}
 			fmt.Fprintf(&b, "rule %d: %s", i, why)
 		}

@@ -554,3 +554,46 @@ func TestEvaluateDoesNotAllocate(t *testing.T) {
 		}
 	}
 }
+
+func TestWithoutPathParams(t *testing.T) {
+	for in, want := range map[string]string{
+		"/admin": "", "/": "", "/admin;x": "/admin", "/admin;/users": "/admin/users", "/a;b=1/c;d/e": "/a/c/e",
+		"/admin%3Bx/users": "/admin/users", "/;x": "/", "/a/;": "/a/",
+	} {
+		if got := withoutPathParams(in); got != want {
+			t.Errorf("withoutPathParams(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// TestPathParametersDoNotBypass: ";…" path parameters (which Tomcat,
+// Jetty and Spring strip before routing) neither escape a DENY nor win an
+// ALLOW that the path without them would not.
+func TestPathParametersDoNotBypass(t *testing.T) {
+	deny := compileYAML(t, Options{}, policyDoc("deny-admin", "default", "DENY", "", `
+- to:
+  - operation: {paths: ["/admin", "/admin/*"]}`))
+	for _, p := range []string{"/admin;x", "/admin;/users", "/admin%3Bx", "/admin;jsessionid=1/users;a=b"} {
+		if d := decide(t, deny, req{path: p}); d.Allow {
+			t.Errorf("%q bypassed the DENY (%s)", p, d.Reason)
+		}
+	}
+	if d := decide(t, deny, req{path: "/public;x"}); !d.Allow {
+		t.Errorf("/public;x denied: %s", d.Reason)
+	}
+	allow := compileYAML(t, Options{}, policyDoc("allow-but-admin", "default", "ALLOW", "", `
+- to:
+  - operation: {paths: ["/*"], notPaths: ["/admin"]}`))
+	for _, p := range []string{"/admin;x", "/admin%3Bx"} {
+		d := decide(t, allow, req{path: p})
+		if d.Allow {
+			t.Errorf("%q won the ALLOW", p)
+		}
+		if !strings.Contains(d.Reason, `without its ;parameters "/admin"`) {
+			t.Errorf("%q: reason %q", p, d.Reason)
+		}
+	}
+	if d := decide(t, allow, req{path: "/api;v=2/users"}); !d.Allow {
+		t.Errorf("/api;v=2/users refused: %s", d.Reason)
+	}
+}
