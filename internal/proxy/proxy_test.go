@@ -84,14 +84,14 @@ func TestAllowedRequestCarriesIdentityAndNoSpoofedHeaders(t *testing.T) {
 
 func TestDeniedRequestsAndPathTricks(t *testing.T) {
 	m := newMesh(t, meshOpts{})
-	for _, p := range []string{"/admin", "/a%64min", "//admin", "/x/../admin", "/admin%2Fusers", "/api/..%2Fadmin/x", "/%61dmin/"} {
+	for _, p := range []string{"/admin", "/a%64min", "//admin", "/x/../admin", "/admin%2Fusers", "/api/..%2Fadmin/x", "/%61dmin/", "/admin;x", "/admin;/users"} {
 		code, body := get(t, m.frontURL("api", p), nil)
 		if code != http.StatusForbidden || body != "RBAC: access denied" {
 			t.Errorf("%s: %d %q", p, code, body)
 		}
 	}
 	recs := auditRecords(t, m.apiAudit)
-	if len(recs) != 7 {
+	if len(recs) != 9 {
 		t.Fatalf("%d audit records", len(recs))
 	}
 	for _, r := range recs {
@@ -105,7 +105,7 @@ func TestDeniedRequestsAndPathTricks(t *testing.T) {
 	if err != nil || line != "HTTP/1.1 403 Forbidden" {
 		t.Fatalf("batch: %q %v", line, err)
 	}
-	last := auditRecords(t, m.apiAudit)[7]
+	last := auditRecords(t, m.apiAudit)[9]
 	if last.SourcePrincipal != idBatch || !strings.Contains(last.Reason, "rule 0: principal mismatch") {
 		t.Fatalf("audit %+v", last)
 	}
