@@ -1126,16 +1126,31 @@ func (g *Gateway) signOut(w http.ResponseWriter, r *http.Request) {
 		val string
 	}
 	var sessions []found
+	// storeDown: a session the cookie names could not be looked up. Then
+	// sign-out fails (503): answering as if there were no session would
+	// skip the CSRF check, clear the cookie and tell the user they are
+	// signed out while the session lives on server-side.
+	storeDown := func(err error) {
+		g.log.Error("sign-out failed: session store unavailable", "err", err)
+		g.auditRefusal(r, "logout", "", "sign-out failed: session store unavailable", http.StatusServiceUnavailable)
+		g.errorPage(w, http.StatusServiceUnavailable, "Sign-out is unavailable", "You are still signed in. Try again shortly.")
+	}
 	for name, p := range g.providers {
 		for _, c := range r.Cookies() {
 			if c.Name != g.cookieName(name) {
 				continue
 			}
 			if id, ok := parseSessionCookie(c.Value); ok {
-				if rec, err := g.store.Get(r.Context(), id.key); err == nil {
-					if d, err := id.openData(rec.Data); err == nil {
-						sessions = append(sessions, found{p: p, ls: &liveSession{id: id, rec: rec, data: d}, val: c.Value})
-					}
+				rec, err := g.store.Get(r.Context(), id.key)
+				switch {
+				case errors.Is(err, session.ErrNotFound):
+					continue // ended already
+				case err != nil:
+					storeDown(err)
+					return
+				}
+				if d, err := id.openData(rec.Data); err == nil {
+					sessions = append(sessions, found{p: p, ls: &liveSession{id: id, rec: rec, data: d}, val: c.Value})
 				}
 			}
 		}
@@ -1166,9 +1181,14 @@ func (g *Gateway) signOut(w http.ResponseWriter, r *http.Request) {
 		g.errorPage(w, http.StatusMethodNotAllowed, "Method not allowed", "Use GET or POST.")
 		return
 	}
+	for _, s := range sessions {
+		if err := g.store.Delete(r.Context(), s.ls.id.key); err != nil && !errors.Is(err, session.ErrNotFound) {
+			storeDown(err)
+			return
+		}
+	}
 	endSession := ""
 	for _, s := range sessions {
-		_ = g.store.Delete(r.Context(), s.ls.id.key)
 		g.metrics.logouts.WithLabelValues(s.p.cfg.Name).Inc()
 		g.log.Info("logout", "provider", s.p.cfg.Name, "principal", s.ls.data.Issuer+"/"+s.ls.data.Subject, "session", s.ls.id.ref())
 		g.audit.write(&accesslog.Record{Event: "logout", Direction: "inbound", Listener: "gateway", Protocol: "http",

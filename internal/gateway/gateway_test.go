@@ -11,12 +11,14 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -601,5 +603,81 @@ func TestUnverifiedEmailNotPassedOn(t *testing.T) {
 				t.Errorf("userinfo, verified %v, trusted %v: %+v %v", verified, trust, info, err)
 			}
 		}
+	}
+}
+
+// downStore is a session store that fails every call while down is set
+// (a Redis or SQLite outage), the memory store otherwise.
+type downStore struct {
+	session.Store
+	down atomic.Bool
+}
+
+var errStoreDown = errors.New("connection refused")
+
+func (s *downStore) Get(ctx context.Context, key string) (session.Record, error) {
+	if s.down.Load() {
+		return session.Record{}, errStoreDown
+	}
+	return s.Store.Get(ctx, key)
+}
+
+func (s *downStore) Delete(ctx context.Context, key string) error {
+	if s.down.Load() {
+		return errStoreDown
+	}
+	return s.Store.Delete(ctx, key)
+}
+
+func (s *downStore) TakeTicket(ctx context.Context, key string) ([]byte, error) {
+	if s.down.Load() {
+		return nil, errStoreDown
+	}
+	return s.Store.TakeTicket(ctx, key)
+}
+
+// TestStoreOutageFailsClosed: while the session store is down, sign-out
+// says it failed (not "signed out" while the session lives on), and a
+// login's callback gets 503, not "expired" (a hand-off:
+// TestHandoffOnlyToServedHosts).
+func TestStoreOutageFailsClosed(t *testing.T) {
+	st := &downStore{Store: session.NewMemory(session.Options{})}
+	h := newHarness(t, harnessOpts{store: st})
+	c := h.login("/")
+	cookie := sessionCookie(c, h.url, DefaultCookieName)
+	st.down.Store(true)
+	r := h.get(noFollow(c), "/oauth2/sign_out", map[string]string{"Sec-Fetch-Site": "same-origin"})
+	if r.StatusCode != http.StatusServiceUnavailable || len(r.Cookies()) != 0 {
+		t.Fatalf("sign-out with the store down: %d, cookies %v", r.StatusCode, r.Cookies())
+	}
+	if a := h.lastAudit("logout"); a["reason"] != "sign-out failed: session store unavailable" || a["decision"] != "deny" {
+		t.Fatalf("audit %v", a)
+	}
+	// A login that reaches its callback while the store is down.
+	b := noFollow(h.browser())
+	r = h.get(b, "/oauth2/start?rd=/", nil)
+	r = h.get(b, r.Header.Get("Location"), nil) // the provider answers at once
+	callback := r.Header.Get("Location")
+	if !strings.Contains(callback, "/oauth2/callback?") {
+		t.Fatalf("the provider sent the browser to %q", callback)
+	}
+	r = h.get(b, callback, nil)
+	if r.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("callback with the store down: %d", r.StatusCode)
+	}
+	if n := counterValue(h.gw.metrics.logins.WithLabelValues("unknown", "store_error")); n != 1 {
+		t.Fatalf("logins{store_error} = %v", n)
+	}
+	// Back up: the session was never ended, and sign-out now works.
+	st.down.Store(false)
+	if r := h.get(noFollow(c), "/", nil); r.StatusCode != http.StatusOK {
+		t.Fatalf("the session after the outage: %d", r.StatusCode)
+	}
+	if r := h.get(noFollow(c), "/oauth2/sign_out", map[string]string{"Sec-Fetch-Site": "same-origin"}); r.StatusCode != http.StatusFound {
+		t.Fatalf("sign-out after the outage: %d", r.StatusCode)
+	}
+	jarless := noFollow(h.browser())
+	if r := h.get(jarless, "/", map[string]string{"Cookie": DefaultCookieName + "=" + cookie.Value, "Accept": "application/json"}); r.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("the signed-out cookie replayed: %d", r.StatusCode)
 	}
 }

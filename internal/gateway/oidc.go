@@ -194,8 +194,12 @@ func (g *Gateway) callback(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	sealed, err := g.store.TakeTicket(ctx, "login:"+hashString("state", state))
-	if err != nil {
+	switch {
+	case errors.Is(err, session.ErrNotFound):
 		g.loginFailed(w, r, "", "state_unknown", "unknown, expired or already used state", http.StatusBadRequest)
+		return
+	case err != nil:
+		g.loginFailed(w, r, "", "store_error", "cannot read the login state: "+err.Error(), http.StatusServiceUnavailable)
 		return
 	}
 	raw, err := open(deriveID([]byte(state)).subkey("login state"), sealed, "login")
@@ -563,8 +567,14 @@ func (g *Gateway) serveHandoff(w http.ResponseWriter, r *http.Request) {
 	}
 	g.clearCookie(w, r, g.handoffCookieName(), g.loginCookiePath())
 	sealed, err := g.store.TakeTicket(r.Context(), "handoff:"+hashString("handoff", code))
-	if err != nil {
+	switch {
+	case errors.Is(err, session.ErrNotFound):
 		fail("unknown, expired or used code")
+		return
+	case err != nil:
+		g.log.Error("session hand-off failed: session store unavailable", "err", err)
+		g.auditRefusal(r, "handoff", "", "session hand-off failed: session store unavailable", http.StatusServiceUnavailable)
+		g.errorPage(w, http.StatusServiceUnavailable, "Sign-in is unavailable", "Try again shortly.")
 		return
 	}
 	raw, err := open(deriveID([]byte(code)).subkey("handoff"), sealed, "handoff")

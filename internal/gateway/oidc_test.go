@@ -14,6 +14,8 @@ import (
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
+
+	"github.com/trustmesh/trustmesh/internal/gateway/session"
 )
 
 // TestLoginFlow: a browser without a session goes to the IdP (code +
@@ -384,7 +386,8 @@ func TestSignInBackToItselfDoesNotLoop(t *testing.T) {
 // that started the login on that host; a host that is only an allowed
 // redirect target gets the browser, never a code.
 func TestHandoffOnlyToServedHosts(t *testing.T) {
-	h := newHarness(t, harnessOpts{mutate: func(c *Config) {
+	st := &downStore{Store: session.NewMemory(session.Options{})}
+	h := newHarness(t, harnessOpts{store: st, mutate: func(c *Config) {
 		c.Routes = append(c.Routes, RouteConfig{Name: "app", Host: "app.example.com", Upstream: c.Routes[0].Upstream, IdentityProvider: "corp", Allow: &AllowConfig{Authenticated: true}})
 		c.AllowedRedirectDomains = []string{"partner.example.org"}
 	}})
@@ -498,6 +501,15 @@ func TestHandoffOnlyToServedHosts(t *testing.T) {
 	if r.StatusCode != http.StatusBadRequest || !strings.Contains(h.logs.String(), "issued to another browser") {
 		t.Fatalf("code with another browser's cookie: %d\n%s", r.StatusCode, h.logs)
 	}
+	// A good code while the session store is down: 503 (try again), not
+	// "expired".
+	cookie, next = startOnApp()
+	handoff = codeFrom(follow(next))
+	st.down.Store(true)
+	if r := onHost("app.example.com", handoff, cookie); r.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("hand-off with the store down: %d", r.StatusCode)
+	}
+	st.down.Store(false)
 }
 
 // TestLoginStartsLimitedPerClient: every login started is a pending ticket
