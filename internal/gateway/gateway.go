@@ -1173,8 +1173,12 @@ func (g *Gateway) signOut(w http.ResponseWriter, r *http.Request) {
 	case http.MethodGet, http.MethodHead:
 		site := r.Header.Get("Sec-Fetch-Site")
 		if len(sessions) > 0 && site != "same-origin" && site != "none" {
+			var providers []*oidcProvider
+			for _, s := range sessions {
+				providers = append(providers, s.p)
+			}
 			renderPage(w, http.StatusOK, page{Title: "Sign out", Message: "Sign out of " + g.set.ExternalURL.Host + "?",
-				Form: "/oauth2/sign_out", CSRF: sessions[0].ls.id.csrfToken(), RD: rawRD, Button: "Sign out"}, g.endSessionOrigins()...)
+				Form: "/oauth2/sign_out", CSRF: sessions[0].ls.id.csrfToken(), RD: rawRD, Button: "Sign out"}, signOutFormAction(r.Context(), providers, rd)...)
 			return
 		}
 	default:
@@ -1220,15 +1224,23 @@ func (g *Gateway) signOut(w http.ResponseWriter, r *http.Request) {
 	http.Redirect(w, r, target, http.StatusFound)
 }
 
-func (g *Gateway) endSessionOrigins() []string {
+// signOutFormAction lists the origins the sign-out form's POST goes on
+// to: the sessions' providers' logout endpoints and then rd. The page's
+// form-action must allow them, since browsers apply it to the redirects
+// after a form submission too.
+func signOutFormAction(ctx context.Context, providers []*oidcProvider, rd string) []string {
 	var out []string
-	for _, p := range g.providers {
-		if p.cur != nil && p.cur.endSession != "" {
-			if u, err := url.Parse(p.cur.endSession); err == nil {
-				out = append(out, u.Scheme+"://"+u.Host)
-			}
+	add := func(raw string) {
+		if u, err := url.Parse(raw); err == nil && u.Scheme != "" && u.Host != "" {
+			out = append(out, u.Scheme+"://"+u.Host)
 		}
 	}
+	for _, p := range providers {
+		if d, err := p.get(ctx); err == nil && d.endSession != "" {
+			add(d.endSession)
+		}
+	}
+	add(rd)
 	slices.Sort(out)
 	return slices.Compact(out)
 }

@@ -328,6 +328,13 @@ func TestRPInitiatedLogout(t *testing.T) {
 		loc.Query().Get("client_id") != h.idp.m.ClientID {
 		t.Fatalf("RP-initiated logout: %d %s", r.StatusCode, loc)
 	}
+	// The confirmation page's form may lead on to the provider's logout
+	// (browsers apply form-action to the redirects after the POST).
+	c = h.login("/")
+	page := h.get(noFollow(c), "/oauth2/sign_out?rd=/done", nil)
+	if csp := page.Header.Get("Content-Security-Policy"); page.StatusCode != http.StatusOK || !strings.Contains(csp, "form-action 'self' http://127.0.0.1:1 ") {
+		t.Fatalf("confirmation page %d, CSP %q", page.StatusCode, csp)
+	}
 }
 
 // TestOpenRedirectRefused: rd may only lead to the gateway's own host, a
