@@ -92,7 +92,11 @@ SIGTERM drains in-flight requests.`,
 			// A small live heap would be collected every few MiB under
 			// load; let it grow by 32 MiB first (GOGC/GOMEMLIMIT override).
 			gctune.Start(cmd.Context(), gatewayGCHeadroom)
-			return gateway.New(set, newLogger(set.LogLevel, set.LogFormat), gateway.Options{}).Run(cmd.Context())
+			log := newLogger(set.LogLevel, set.LogFormat)
+			for _, w := range set.Warnings {
+				log.Warn("configuration: " + w)
+			}
+			return gateway.New(set, log, gateway.Options{}).Run(cmd.Context())
 		},
 	}
 	f.register(cmd)
@@ -121,6 +125,9 @@ missing). It creates nothing.`,
 			}
 			if _, err := gateway.CompilePolicies(cmd.Context(), set); err != nil {
 				return fmt.Errorf("%s: %w", f.config, err)
+			}
+			for _, w := range set.Warnings {
+				fmt.Fprintf(cmd.ErrOrStderr(), "%s: warning: %s\n", f.config, w)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "%s: configuration is valid\n", f.config)
 			return nil

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -241,6 +242,10 @@ type Settings struct {
 	LoginsPerMinute   int // 0: no limit
 
 	AuditLog, MetricsAddr, LogLevel, LogFormat string
+
+	// Warnings are settings that are valid but weaker than they look;
+	// run logs them at start and validate prints them.
+	Warnings []string
 }
 
 // Provider is a validated identity provider.
@@ -612,6 +617,15 @@ func (c Config) Resolve() (Settings, error) {
 			errs = append(errs, err)
 		} else if leeway < 0 || leeway > 5*time.Minute {
 			add("%s.leeway %s: want 0 to 5m", key, leeway)
+		}
+		if len(b.TokenTypes) == 0 {
+			for _, p := range c.IdentityProviders {
+				if p.Issuer == b.Issuer && slices.Contains(b.Audiences, p.ClientID) {
+					s.Warnings = append(s.Warnings, fmt.Sprintf("%s: audiences include identity provider %s's client_id, so the ID tokens its logins issue "+
+						"(which sign-out hands back to the provider as id_token_hint, in a URL) are accepted as bearer tokens until they expire; "+
+						"set token_types: [at+jwt] if the provider types its access tokens, or give the API its own audience", key, p.Name))
+				}
+			}
 		}
 		s.Bearer = append(s.Bearer, BearerIssuer{
 			Issuer:    bearer.Issuer{Issuer: b.Issuer, Audiences: b.Audiences, JWKSURL: b.JWKSURL, Algorithms: b.Algorithms, Leeway: leeway, TokenTypes: b.TokenTypes},

@@ -108,3 +108,29 @@ func TestPathHasPrefix(t *testing.T) {
 		}
 	}
 }
+
+// TestBearerAudienceOfLoginClientWarns: a bearer audience that is a login
+// client's ID accepts that client's ID tokens; valid, but said.
+func TestBearerAudienceOfLoginClientWarns(t *testing.T) {
+	c := minimalConfig()
+	c.BearerTokens = []BearerConfig{{Issuer: "https://idp.example.com", Audiences: []string{"api", "app"}}}
+	set, err := c.Resolve()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(set.Warnings) != 1 || !strings.Contains(set.Warnings[0], "bearer_tokens[0]: audiences include identity provider corp's client_id") {
+		t.Fatalf("warnings %q", set.Warnings)
+	}
+	for name, mutate := range map[string]func(*Config){
+		"typed tokens only":  func(c *Config) { c.BearerTokens[0].TokenTypes = []string{"at+jwt"} },
+		"the API's audience": func(c *Config) { c.BearerTokens[0].Audiences = []string{"api"} },
+		"another issuer":     func(c *Config) { c.BearerTokens[0].Issuer = "https://other.example.com" },
+	} {
+		c := minimalConfig()
+		c.BearerTokens = []BearerConfig{{Issuer: "https://idp.example.com", Audiences: []string{"api", "app"}}}
+		mutate(&c)
+		if set, err := c.Resolve(); err != nil || len(set.Warnings) != 0 {
+			t.Errorf("%s: %v %q", name, err, set.Warnings)
+		}
+	}
+}

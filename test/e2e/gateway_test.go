@@ -33,9 +33,14 @@ import (
 // TestGatewayValidate: the example config is valid; a broken one is
 // reported with every problem and exit 1; no --config is a usage error.
 func TestGatewayValidate(t *testing.T) {
-	out := mustRun(t, "gateway", "validate", "--config", "../../examples/gateway/gateway.yaml")
-	if !strings.Contains(out, "configuration is valid") {
-		t.Fatalf("validate: %s", out)
+	out, warnings, code := run(t, "gateway", "validate", "--config", "../../examples/gateway/gateway.yaml")
+	if code != 0 || !strings.Contains(out, "configuration is valid") {
+		t.Fatalf("validate: exit %d: %s%s", code, out, warnings)
+	}
+	// The example's bearer audience is its login client's ID (as in the
+	// issue's config): valid, with a warning that ID tokens pass too.
+	if !strings.Contains(warnings, "warning: bearer_tokens[0]: audiences include identity provider corp's client_id") {
+		t.Fatalf("validate warnings: %q", warnings)
 	}
 	bad := filepath.Join(t.TempDir(), "bad.yaml")
 	if err := os.WriteFile(bad, []byte(`external_url: http://gateway.example.com
