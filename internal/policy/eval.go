@@ -48,7 +48,7 @@ type attrs struct {
 	// policy matches if it matches either form, an ALLOW policy only if
 	// it matches both, so parameters can neither escape a DENY nor win an
 	// ALLOW (Istio matches the path as it is).
-	paramFree string
+	paramFree    string
 	method, host string
 	// bareHost is host without its port and trailing dot ("" when that is
 	// host itself): hosts rules match either form, so a DENY on
