@@ -103,7 +103,9 @@ func withoutPathParams(p string) string {
 		b.WriteByte('/')
 		b.WriteString(seg)
 	}
-	return b.String()
+	// Dot segments again: "/public/..;/admin" is "/admin" once its
+	// parameter goes (Tomcat's classic "..;" bypass).
+	return removeDotSegments([]byte(b.String()))
 }
 
 // matchDeny is match for a DENY policy: under either form of the path.

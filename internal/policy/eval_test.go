@@ -558,7 +558,7 @@ func TestEvaluateDoesNotAllocate(t *testing.T) {
 func TestWithoutPathParams(t *testing.T) {
 	for in, want := range map[string]string{
 		"/admin": "", "/": "", "/admin;x": "/admin", "/admin;/users": "/admin/users", "/a;b=1/c;d/e": "/a/c/e",
-		"/admin%3Bx/users": "/admin/users", "/;x": "/", "/a/;": "/a/",
+		"/admin%3Bx/users": "/admin/users", "/;x": "/", "/a/;": "/a/", "/public/..;/admin": "/admin", "/x/.;y/admin": "/x/admin",
 	} {
 		if got := withoutPathParams(in); got != want {
 			t.Errorf("withoutPathParams(%q) = %q, want %q", in, got, want)
@@ -573,7 +573,8 @@ func TestPathParametersDoNotBypass(t *testing.T) {
 	deny := compileYAML(t, Options{}, policyDoc("deny-admin", "default", "DENY", "", `
 - to:
   - operation: {paths: ["/admin", "/admin/*"]}`))
-	for _, p := range []string{"/admin;x", "/admin;/users", "/admin%3Bx", "/admin;jsessionid=1/users;a=b"} {
+	for _, p := range []string{"/admin;x", "/admin;/users", "/admin%3Bx", "/admin;jsessionid=1/users;a=b",
+		"/public/..;/admin", "/x/..;x/admin/users", "/.;/admin", "/x/%2E%2E;/admin", "/x/..%3B/admin", "/x/..%3b/admin"} {
 		if d := decide(t, deny, req{path: p}); d.Allow {
 			t.Errorf("%q bypassed the DENY (%s)", p, d.Reason)
 		}
@@ -584,6 +585,14 @@ func TestPathParametersDoNotBypass(t *testing.T) {
 	allow := compileYAML(t, Options{}, policyDoc("allow-but-admin", "default", "ALLOW", "", `
 - to:
   - operation: {paths: ["/*"], notPaths: ["/admin"]}`))
+	public := compileYAML(t, Options{}, policyDoc("allow-public", "default", "ALLOW", "", `
+- to:
+  - operation: {paths: ["/public/*"]}`))
+	for _, p := range []string{"/public/..;/admin", "/public/%2e%2e;/admin"} {
+		if d := decide(t, public, req{path: p}); d.Allow {
+			t.Errorf("%q won the ALLOW on /public/*", p)
+		}
+	}
 	for _, p := range []string{"/admin;x", "/admin%3Bx"} {
 		d := decide(t, allow, req{path: p})
 		if d.Allow {

@@ -688,7 +688,10 @@ func (f *flushBeforeBlock) Read(p []byte) (int, error) {
 			return 0, err
 		}
 	}
-	if f.progress != nil && f.src.Buffered() == 0 {
+	if f.progress != nil {
+		// (Whether this read reaches the network depends on the body's
+		// framing, not only on what is buffered: a chunk header may be
+		// half in.)
 		_ = f.progress.SetReadDeadline(time.Now().Add(f.progressTimeout))
 	}
 	n, err := f.ReadCloser.Read(p)

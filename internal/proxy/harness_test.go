@@ -152,6 +152,15 @@ func startEcho(t *testing.T) *echoApp {
 		if r.URL.Path == "/slow" {
 			<-e.release
 		}
+		if r.URL.Path == "/public/pause" { // a stream that goes quiet twice, once before its end
+			pause, _ := time.ParseDuration(r.URL.Query().Get("ms") + "ms")
+			for _, part := range []string{"first", "second"} {
+				_, _ = io.WriteString(w, part)
+				_ = http.NewResponseController(w).Flush()
+				time.Sleep(pause)
+			}
+			return
+		}
 		if r.URL.Path == "/public/big" { // more than the sockets between here and a client that does not read hold
 			w.Header().Set("Content-Length", strconv.Itoa(bigResponse))
 			_, _ = io.Copy(w, io.LimitReader(zeros{}, bigResponse))

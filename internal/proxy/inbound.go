@@ -347,6 +347,7 @@ func (in *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	in.p.audit.begin()
 	defer in.p.audit.end()
 	var rec accesslog.Record
+	var pw *progressWriter
 	if r.ProtoMajor == 1 {
 		// As on h1.go's path: a body, and a response, may take their
 		// time as long as they keep moving (idle_timeout between two
@@ -361,7 +362,7 @@ func (in *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			r = r.WithContext(context.WithValue(r.Context(), progressBodyKey, pb))
 			r.Body = pb
 		}
-		pw := &progressWriter{ResponseWriter: w, rc: rc, timeout: in.p.set.IdleTimeout}
+		pw = &progressWriter{ResponseWriter: w, rc: rc, timeout: in.p.set.IdleTimeout}
 		pw.extend() // net/http leaves the last response's deadline in place
 		w = pw
 	}
@@ -378,6 +379,12 @@ func (in *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	sw := &httpx.StatusWriter{ResponseWriter: w}
 	in.rp.ServeHTTP(sw, r)
+	if pw != nil {
+		// net/http writes what it buffered, and a chunked body's end,
+		// after the handler returns: a stream that went quiet before it
+		// ended must not find the deadline of its last write passed.
+		pw.extend()
+	}
 	in.finish(&rec, sw.Code(), start)
 }
 

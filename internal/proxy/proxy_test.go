@@ -84,14 +84,14 @@ func TestAllowedRequestCarriesIdentityAndNoSpoofedHeaders(t *testing.T) {
 
 func TestDeniedRequestsAndPathTricks(t *testing.T) {
 	m := newMesh(t, meshOpts{})
-	for _, p := range []string{"/admin", "/a%64min", "//admin", "/x/../admin", "/admin%2Fusers", "/api/..%2Fadmin/x", "/%61dmin/", "/admin;x", "/admin;/users"} {
+	for _, p := range []string{"/admin", "/a%64min", "//admin", "/x/../admin", "/admin%2Fusers", "/api/..%2Fadmin/x", "/%61dmin/", "/admin;x", "/admin;/users", "/api/..;/admin"} {
 		code, body := get(t, m.frontURL("api", p), nil)
 		if code != http.StatusForbidden || body != "RBAC: access denied" {
 			t.Errorf("%s: %d %q", p, code, body)
 		}
 	}
 	recs := auditRecords(t, m.apiAudit)
-	if len(recs) != 9 {
+	if len(recs) != 10 {
 		t.Fatalf("%d audit records", len(recs))
 	}
 	for _, r := range recs {
@@ -105,7 +105,7 @@ func TestDeniedRequestsAndPathTricks(t *testing.T) {
 	if err != nil || line != "HTTP/1.1 403 Forbidden" {
 		t.Fatalf("batch: %q %v", line, err)
 	}
-	last := auditRecords(t, m.apiAudit)[9]
+	last := auditRecords(t, m.apiAudit)[10]
 	if last.SourcePrincipal != idBatch || !strings.Contains(last.Reason, "rule 0: principal mismatch") {
 		t.Fatalf("audit %+v", last)
 	}
@@ -877,6 +877,22 @@ func TestSlowBodiesAndReadersCutOff(t *testing.T) {
 			_, _ = io.Copy(io.Discard, resp.Body)
 			if _, err := br.ReadByte(); err == nil {
 				t.Fatal("the connection stayed open after the 408")
+			}
+			// A stream that goes quiet for longer than idle_timeout
+			// (between writes, and before its end) is no slow reader: it
+			// arrives whole, and the connection stays usable.
+			c = dial(t, p.addr, p.tls)
+			br = bufio.NewReader(c)
+			for i := 0; i < 2; i++ {
+				fmt.Fprintf(c, "GET /public/pause?ms=%d HTTP/1.1\r\nHost: api\r\n\r\n", (3 * idle / 2).Milliseconds())
+				resp, err := http.ReadResponse(br, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				body, err := io.ReadAll(resp.Body)
+				if err != nil || string(body) != "firstsecond" {
+					t.Fatalf("paused stream %d: %q %v", i, body, err)
+				}
 			}
 			// A client that stops reading a large response is cut off: it
 			// gets no more than the sockets held when it stopped.
