@@ -26,6 +26,8 @@ const (
 	DefaultIdleTimeout       = 60 * time.Second
 	DefaultHandshakeTimeout  = 10 * time.Second
 	DefaultShutdownTimeout   = 15 * time.Second
+	// DefaultTunnelIdleTimeout is Envoy's tcp_proxy idle_timeout default.
+	DefaultTunnelIdleTimeout = time.Hour
 	DefaultMaxHeaderBytes    = 64 << 10
 	DefaultMaxConnections    = 4096
 	// firstByteTimeout: a client that connects sends its ClientHello (or
@@ -106,6 +108,7 @@ type LimitsConfig struct {
 	IdleTimeout       configfile.Duration `yaml:"idle_timeout"`
 	HandshakeTimeout  configfile.Duration `yaml:"handshake_timeout"`
 	ShutdownTimeout   configfile.Duration `yaml:"shutdown_timeout"`
+	TunnelIdleTimeout configfile.Duration `yaml:"tunnel_idle_timeout"`
 	MaxHeaderBytes    int                 `yaml:"max_header_bytes"`
 	MaxConnections    int                 `yaml:"max_connections"`
 }
@@ -132,6 +135,7 @@ type Settings struct {
 	IdleTimeout       time.Duration
 	HandshakeTimeout  time.Duration
 	ShutdownTimeout   time.Duration
+	TunnelIdleTimeout time.Duration // TCP and WebSocket tunnels
 	MaxHeaderBytes    int
 	MaxConnections    int // per direction: inbound listeners together, outbound together
 	SVIDWait          time.Duration
@@ -274,6 +278,7 @@ func (c Config) Resolve() (Settings, error) {
 	s.IdleTimeout = dur("limits.idle_timeout", c.Limits.IdleTimeout, DefaultIdleTimeout)
 	s.HandshakeTimeout = dur("limits.handshake_timeout", c.Limits.HandshakeTimeout, DefaultHandshakeTimeout)
 	s.ShutdownTimeout = dur("limits.shutdown_timeout", c.Limits.ShutdownTimeout, DefaultShutdownTimeout)
+	s.TunnelIdleTimeout = dur("limits.tunnel_idle_timeout", c.Limits.TunnelIdleTimeout, DefaultTunnelIdleTimeout)
 	if s.MaxHeaderBytes == 0 {
 		s.MaxHeaderBytes = DefaultMaxHeaderBytes
 	} else if s.MaxHeaderBytes < 1024 || s.MaxHeaderBytes > 1<<20 {

@@ -639,7 +639,7 @@ func (in *inbound) serveTCP(ctx context.Context, conn net.Conn) {
 		p.log.Warn("application unreachable", "listener", in.l.Name, "forward", in.l.Forward, "err", err)
 		return
 	}
-	pipe(conn, app)
+	pipe(conn, app, in.p.set.TunnelIdleTimeout)
 	in.duration.Observe(time.Since(start).Seconds())
 }
 

@@ -203,7 +203,7 @@ func (o *outbound) serveTCP(ctx context.Context, c net.Conn) {
 		return
 	}
 	defer o.tcp.track(up)()
-	pipe(c, up)
+	pipe(c, up, o.p.set.TunnelIdleTimeout)
 	o.duration.Observe(time.Since(start).Seconds())
 }
 

@@ -916,3 +916,38 @@ func TestSlowBodiesAndReadersCutOff(t *testing.T) {
 		t.Fatalf("audit statuses %v", statuses)
 	}
 }
+
+// TestIdleTunnelsClosed: a TCP tunnel in which bytes keep moving lives on
+// past tunnel_idle_timeout; one in which nothing moves either way for it
+// is closed, giving its slot back.
+func TestIdleTunnelsClosed(t *testing.T) {
+	const idle = time.Second
+	m := newMesh(t, meshOpts{limits: func(s *Settings) { s.TunnelIdleTimeout = idle }})
+	c, err := net.Dial("tcp", m.front.Addr("api-tcp").String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+	br := bufio.NewReader(c)
+	for i := 0; i < 8; i++ { // 2 s of traffic, a message every quarter of idle
+		if _, err := fmt.Fprintf(c, "ping %d\n", i); err != nil {
+			t.Fatal(err)
+		}
+		if line, err := br.ReadString('\n'); err != nil || line != fmt.Sprintf("ping %d\n", i) {
+			t.Fatalf("echo %d: %q %v", i, line, err)
+		}
+		time.Sleep(idle / 4)
+	}
+	start := time.Now()
+	_, err = br.ReadByte() // nothing more is sent: the proxies close the tunnel
+	if err == nil || isTimeout(err) {
+		t.Fatalf("an idle tunnel stayed open: %v", err)
+	}
+	if waited := time.Since(start); waited < idle/2 {
+		t.Fatalf("closed after %v, before it was idle", waited)
+	}
+	waitFor(t, 10*time.Second, "the tunnel's slots back", func() bool {
+		return len(m.front.slots["outbound"]) == 0 && len(m.api.slots["inbound"]) == 0
+	})
+}
