@@ -765,29 +765,30 @@ func (g *Gateway) forwardAuth(w http.ResponseWriter, r *http.Request) {
 	if method == "" {
 		method = http.MethodGet
 	}
+	// refuse answers 403 for a request no route's rules can judge.
+	refuse := func(rq *Request, reason string) {
+		if rq == nil {
+			rq = &Request{Mode: "forward_auth", Method: method, Host: host, URI: uri, ClientIP: g.clientIP(r)}
+		}
+		w.WriteHeader(http.StatusForbidden)
+		g.record(decision{rq: rq, verdict: Verdict{Reason: reason, Rule: -1}, status: http.StatusForbidden}, "forward_auth", "", http.StatusForbidden, start, r)
+	}
 	if !uriOK || !methodOK {
 		// nginx sets X-Original-URI, Traefik and Caddy X-Forwarded-Uri,
 		// and each passes the other name on from the client: a second,
 		// different value is the client's, and which one is the real
 		// request cannot be told here.
-		d := decision{rq: &Request{Mode: "forward_auth", Method: method, Host: host, URI: uri, ClientIP: g.clientIP(r)},
-			verdict: Verdict{Reason: "conflicting values in X-Original-URI/X-Forwarded-Uri or X-Original-Method/X-Forwarded-Method", Rule: -1}, status: http.StatusForbidden}
-		w.WriteHeader(http.StatusForbidden)
-		g.record(d, "forward_auth", "", http.StatusForbidden, start, r)
+		refuse(nil, "conflicting values in X-Original-URI/X-Forwarded-Uri or X-Original-Method/X-Forwarded-Method")
 		return
 	}
 	rq, err := g.newRequest(r, "forward_auth", method, host, uri)
 	if err != nil {
-		d := decision{rq: &Request{Mode: "forward_auth", Method: method, Host: host, URI: uri, ClientIP: g.clientIP(r)}, verdict: Verdict{Reason: "request path rejected: " + err.Error(), Rule: -1}, status: http.StatusForbidden}
-		w.WriteHeader(http.StatusForbidden)
-		g.record(d, "forward_auth", "", http.StatusForbidden, start, r)
+		refuse(nil, "request path rejected: "+err.Error())
 		return
 	}
 	rt := g.match(host, rq.Path)
 	if rt == nil {
-		d := decision{rq: rq, verdict: Verdict{Reason: "no route for host " + quote(hostOnly(host)) + " and path " + quote(rq.Path), Rule: -1}, status: http.StatusForbidden}
-		w.WriteHeader(http.StatusForbidden)
-		g.record(d, "forward_auth", "", http.StatusForbidden, start, r)
+		refuse(rq, "no route for host "+quote(hostOnly(host))+" and path "+quote(rq.Path))
 		return
 	}
 	rq.Route = &rt.Route
