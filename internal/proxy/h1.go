@@ -247,13 +247,9 @@ func (f *h1Forwarder) exchange(c net.Conn, br *bufio.Reader, bw *bufio.Writer, x
 		err = errors.New("101 Switching Protocols to " + strconv.Quote(strings.Join(resp.Header["Upgrade"], ",")) + " for a request that did not ask for it")
 	}
 	if cerr := clientBodyErr(req); err != nil && cerr != nil {
-		// The client stopped sending its body: too slow (idle_timeout
-		// between two reads of it), or gone. Its failure, not the
+		// The client stopped sending its body: its failure, not the
 		// upstream's.
-		status := http.StatusBadRequest
-		if isTimeout(cerr) {
-			status = http.StatusRequestTimeout
-		}
+		status := clientBodyStatus(cerr)
 		writeLocal(bw, status, http.StatusText(status), false)
 		f.side.finish(x, status)
 		_ = bw.Flush()
@@ -628,6 +624,16 @@ func isUpgrade(h http.Header) bool {
 func bodyDone(req *http.Request) bool {
 	fb, ok := req.Body.(*flushBeforeBlock)
 	return ok && fb.eof
+}
+
+// clientBodyStatus answers a request whose body the client stopped
+// sending: 408 when it was too slow (idle_timeout between two reads of
+// it), 400 when it broke off.
+func clientBodyStatus(err error) int {
+	if isTimeout(err) {
+		return http.StatusRequestTimeout
+	}
+	return http.StatusBadRequest
 }
 
 func isTimeout(err error) bool {

@@ -101,12 +101,9 @@ func (p *Proxy) newInbound(l Listener, ln net.Listener) *inbound {
 			ErrorLog:   slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
 			ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 				if pb, ok := r.Context().Value(progressBodyKey).(*progressBody); ok && pb.err != nil {
-					// The client stopped sending its body (too slow, or
-					// gone): its failure, not the application's.
-					status := http.StatusBadRequest
-					if isTimeout(pb.err) {
-						status = http.StatusRequestTimeout
-					}
+					// The client stopped sending its body: its failure,
+					// not the application's.
+					status := clientBodyStatus(pb.err)
 					w.Header().Set("Connection", "close")
 					http.Error(w, http.StatusText(status), status)
 					return
