@@ -91,8 +91,7 @@ func withoutPathParams(p string) string {
 	if !strings.Contains(p, ";") && !strings.Contains(p, "%3B") {
 		return ""
 	}
-	var b strings.Builder
-	b.Grow(len(p))
+	b := make([]byte, 0, len(p))
 	for seg := range strings.SplitSeq(p[1:], "/") {
 		if i := strings.Index(seg, ";"); i >= 0 {
 			seg = seg[:i]
@@ -100,12 +99,20 @@ func withoutPathParams(p string) string {
 		if i := strings.Index(seg, "%3B"); i >= 0 {
 			seg = seg[:i]
 		}
-		b.WriteByte('/')
-		b.WriteString(seg)
+		b = append(b, '/')
+		b = append(b, seg...)
 	}
 	// Dot segments again: "/public/..;/admin" is "/admin" once its
 	// parameter goes (Tomcat's classic "..;" bypass).
-	return removeDotSegments([]byte(b.String()))
+	return removeDotSegments(b)
+}
+
+// withoutParams is a with the path's parameter-free form as its path
+// (call only when a.paramFree is set).
+func (a *attrs) withoutParams() *attrs {
+	b := *a
+	b.path = a.paramFree
+	return &b
 }
 
 // matchDeny is match for a DENY policy: under either form of the path.
@@ -113,9 +120,7 @@ func (p *compiledPolicy) matchDeny(a *attrs) int {
 	if r := p.match(a); r >= 0 || a.paramFree == "" {
 		return r
 	}
-	b := *a
-	b.path = a.paramFree
-	return p.match(&b)
+	return p.match(a.withoutParams())
 }
 
 // matchAllow is match for an ALLOW policy: under both forms of the path.
@@ -124,9 +129,7 @@ func (p *compiledPolicy) matchAllow(a *attrs) int {
 	if r < 0 || a.paramFree == "" {
 		return r
 	}
-	b := *a
-	b.path = a.paramFree
-	if p.match(&b) < 0 {
+	if p.match(a.withoutParams()) < 0 {
 		return -1
 	}
 	return r
@@ -571,9 +574,7 @@ func explainNoAllow(list []*compiledPolicy, a *attrs, allows int) string {
 			}
 			if why == "" && a.paramFree != "" {
 				// It matched the path as sent; not without its parameters.
-				b2 := *a
-				b2.path = a.paramFree
-				why = r.mismatch(&b2) + " (path without its ;parameters " + strconv.Quote(a.paramFree) + ")"
+				why = r.mismatch(a.withoutParams()) + " (path without its ;parameters " + strconv.Quote(a.paramFree) + ")"
 			}
 			fmt.Fprintf(&b, "rule %d: %s", i, why)
 		}
