@@ -546,7 +546,7 @@ func (in *inbound) rewrite(pr *httputil.ProxyRequest, backend *url.URL) {
 	pr.SetXForwarded()
 	// (authorize has set the identity headers on In, which Out copies.)
 	// Request trailers are not forwarded, as Envoy does not by default:
-	// they would carry identity headers past the stripping above.
+	// they would carry identity headers past authorize's stripping.
 	pr.Out.Trailer = nil
 }
 
