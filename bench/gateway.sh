@@ -15,7 +15,7 @@
 # the same rounds as a reference: what one proxy hop costs on this machine.
 #
 # Environment: ROUNDS (3), DURATION seconds (10), WARMUP seconds (2),
-# THREADS (2), CONNS (32), BASE_PORT (18600; uses BASE_PORT..+4), KEEP=1
+# THREADS (2), CONNS (32), BASE_PORT (18600; uses BASE_PORT..+7), KEEP=1
 # keeps the work directory. PROFILE=DIR runs the gateway from a bench-only
 # wrapper with net/http/pprof on BASE_PORT+4 (the product has no pprof
 # endpoint) and, after the rounds, writes DIR/session.pprof and
@@ -24,7 +24,13 @@
 # `perf stat`, the system calls and context switches per request of the
 # proxying processes (the gateway; nginx's master and workers): where the
 # two do as many system calls, the rest of the difference in CPU per
-# request is user space.
+# request is user space. GO_FLOOR=1 adds two more references, bench-only Go
+# proxies with no authentication and no log (BASE_PORT+6, +7): "go-copy"
+# copies the request head and a Content-Length response without parsing
+# them into anything (the least any Go proxy does per request), "go-parse"
+# does the same through net/http's parser and framing (http.ReadRequest,
+# Request.Write, http.ReadResponse, Response.Write, as the proxy's HTTP/1.1
+# loop does). Between the two lies what HTTP parsing costs in Go here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,11 +43,14 @@ BASE_PORT=${BASE_PORT:-18600}
 KEEP=${KEEP:-0}
 PROFILE=${PROFILE:-}
 PERF=${PERF:-0}
+GO_FLOOR=${GO_FLOOR:-0}
 PPROF_ADDR=127.0.0.1:$((BASE_PORT + 4))
 IDP_ADDR=127.0.0.1:$((BASE_PORT + 1))
 BACKEND_ADDR=127.0.0.1:$((BASE_PORT + 2))
 GW_ADDR=127.0.0.1:$((BASE_PORT + 3))
 NGINX_ADDR=127.0.0.1:$((BASE_PORT + 5))
+COPY_ADDR=127.0.0.1:$((BASE_PORT + 6))
+PARSE_ADDR=127.0.0.1:$((BASE_PORT + 7))
 NGINX=$(command -v nginx || { [ -x /usr/sbin/nginx ] && echo /usr/sbin/nginx; } || true)
 
 command -v wrk >/dev/null || { echo "gateway bench: wrk is required (apt-get install wrk)" >&2; exit 1; }
@@ -180,10 +189,100 @@ func main() {
 GO
 fi
 
+# The Go references (GO_FLOOR=1): one goroutine per client connection and
+# one upstream connection each, keep-alive only, no body on the request;
+# anything else ends the connection. Not a proxy anyone should run.
+if [ "$GO_FLOOR" = 1 ]; then
+  mkdir -p "$helper_dir/floor"
+  cat >"$helper_dir/floor/main.go" <<'GO'
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+)
+
+// copyHead copies one message head (up to its empty line) from r to w and
+// returns its Content-Length (-1 when it has none).
+func copyHead(r *bufio.Reader, w *bufio.Writer) (int, error) {
+	n := -1
+	for {
+		line, err := r.ReadSlice('\n')
+		if err != nil {
+			return 0, err
+		}
+		w.Write(line)
+		if len(line) <= 2 {
+			return n, nil
+		}
+		if k := bytes.IndexByte(line, ':'); k > 0 && bytes.EqualFold(line[:k], []byte("content-length")) {
+			if n, err = strconv.Atoi(string(bytes.TrimSpace(line[k+1:]))); err != nil {
+				return 0, err
+			}
+		}
+	}
+}
+
+func relay(c net.Conn, upstream string, parse bool) {
+	defer c.Close()
+	u, err := net.Dial("tcp", upstream)
+	if err != nil {
+		return
+	}
+	defer u.Close()
+	cr, cw := bufio.NewReader(c), bufio.NewWriter(c)
+	ur, uw := bufio.NewReader(u), bufio.NewWriter(u)
+	for {
+		if parse {
+			req, err := http.ReadRequest(cr)
+			if err != nil || req.Write(uw) != nil || uw.Flush() != nil {
+				return
+			}
+			resp, err := http.ReadResponse(ur, req)
+			if err != nil || resp.Write(cw) != nil || cw.Flush() != nil {
+				return
+			}
+			continue
+		}
+		if n, err := copyHead(cr, uw); err != nil || n > 0 || uw.Flush() != nil {
+			return
+		}
+		n, err := copyHead(ur, cw)
+		if err != nil || n < 0 {
+			return
+		}
+		if _, err := io.CopyN(cw, ur, int64(n)); err != nil || cw.Flush() != nil {
+			return
+		}
+	}
+}
+
+func main() {
+	ln, err := net.Listen("tcp", os.Args[1])
+	if err != nil {
+		panic(err)
+	}
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			panic(err)
+		}
+		go relay(c, os.Args[2], os.Args[3] == "parse")
+	}
+}
+GO
+fi
+
 echo "building" >&2
 go build -o "$work/trustmesh" ./cmd/trustmesh
 go build -o "$work/helper" "./$helper_dir"
 [ -z "$PROFILE" ] || go build -o "$work/gateway-prof" "./$helper_dir/prof"
+[ "$GO_FLOOR" != 1 ] || go build -o "$work/floor" "./$helper_dir/floor"
 "$work/helper" "$IDP_ADDR" "$BACKEND_ADDR" "http://$GW_ADDR" "$work/creds" >"$work/helper.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 200); do [ -s "$work/creds.idp" ] && break; sleep 0.05; done
@@ -219,10 +318,14 @@ curl -fsS -o /dev/null -H "Authorization: Bearer $TOKEN" "http://$GW_ADDR/" || {
 # CPU time (user + system, clock ticks) so far of the processes that do a
 # setup's proxying: the gateway's; nginx's master and workers.
 NGINX_PIDS=()
+COPY_PID=0
+PARSE_PID=0
 ticks() { # setup name
   case $1 in
     session | bearer) awk '{print $14 + $15}' "/proc/$GW_PID/stat" ;;
     nginx) cat $(printf '/proc/%s/stat ' "${NGINX_PIDS[@]}") | awk '{t += $14 + $15} END {print t}' ;;
+    go-copy) awk '{print $14 + $15}' "/proc/$COPY_PID/stat" ;;
+    go-parse) awk '{print $14 + $15}' "/proc/$PARSE_PID/stat" ;;
     *) echo 0 ;;
   esac
 }
@@ -230,6 +333,8 @@ proxy_pids() { # setup name: the proxying processes, comma-separated
   case $1 in
     session | bearer) echo "$GW_PID" ;;
     nginx) (IFS=,; echo "${NGINX_PIDS[*]}") ;;
+    go-copy) echo "$COPY_PID" ;;
+    go-parse) echo "$PARSE_PID" ;;
   esac
 }
 TICK=$(getconf CLK_TCK)
@@ -289,8 +394,22 @@ NGINX
   curl -fsS -o /dev/null "http://$NGINX_ADDR/" || { cat "$work/nginx/stderr" "$work/nginx/error.log" >&2; exit 1; }
   NGINX_PIDS=("${pids[-1]}" $(pgrep -P "${pids[-1]}"))
 fi
+if [ "$GO_FLOOR" = 1 ]; then
+  "$work/floor" "$COPY_ADDR" "$BACKEND_ADDR" copy >"$work/go-copy.log" 2>&1 &
+  pids+=($!)
+  COPY_PID=$!
+  "$work/floor" "$PARSE_ADDR" "$BACKEND_ADDR" parse >"$work/go-parse.log" 2>&1 &
+  pids+=($!)
+  PARSE_PID=$!
+  for a in "$COPY_ADDR" "$PARSE_ADDR"; do
+    for _ in $(seq 1 100); do curl -fsS -o /dev/null "http://$a/" 2>/dev/null && break; sleep 0.05; done
+    curl -fsS -o /dev/null "http://$a/" || { cat "$work"/go-*.log >&2; exit 1; }
+  done
+fi
 direct=(http://$BACKEND_ADDR/)
 ngx=(http://$NGINX_ADDR/)
+gocopy=(http://$COPY_ADDR/)
+goparse=(http://$PARSE_ADDR/)
 sess=(-H "Cookie: _trustmesh_session=$COOKIE" http://$GW_ADDR/)
 bear=(-H "Authorization: Bearer $TOKEN" http://$GW_ADDR/)
 
@@ -303,6 +422,11 @@ if [ -n "$NGINX" ]; then
   measure nginx "$WARMUP" "${ngx[@]}" >/dev/null
   setups+=(nginx)
 fi
+if [ "$GO_FLOOR" = 1 ]; then
+  measure go-copy "$WARMUP" "${gocopy[@]}" >/dev/null
+  measure go-parse "$WARMUP" "${goparse[@]}" >/dev/null
+  setups+=(go-copy go-parse)
+fi
 results=$work/results
 : >"$results"
 for r in $(seq 1 "$ROUNDS"); do
@@ -314,6 +438,8 @@ for r in $(seq 1 "$ROUNDS"); do
       session) measure session "$DURATION" "${sess[@]}" >>"$results" ;;
       bearer) measure bearer "$DURATION" "${bear[@]}" >>"$results" ;;
       nginx) measure nginx "$DURATION" "${ngx[@]}" >>"$results" ;;
+      go-copy) measure go-copy "$DURATION" "${gocopy[@]}" >>"$results" ;;
+      go-parse) measure go-parse "$DURATION" "${goparse[@]}" >>"$results" ;;
     esac
   done
 done
@@ -352,10 +478,17 @@ END {
     r = median(rps, "nginx", n["nginx"]); p = median(p99, "nginx", n["nginx"]); c = median(cpu, "nginx", n["nginx"])
     printf "%-10s %12.0f %10.2f %10.2f %9.2f ms %14.1f   (reference: plain nginx reverse proxy, no auth)\n", "nginx", r, p, r / dr, p - dp, c
   }
+  split("go-copy go-parse", refs, " ")
+  what["go-copy"] = "(reference: Go, copies heads unparsed, no auth, no log)"
+  what["go-parse"] = "(reference: Go, net/http parsing and framing, no auth, no log)"
+  for (i = 1; i <= 2; i++) if (n[refs[i]] > 0) {
+    s = refs[i]; r = median(rps, s, n[s]); p = median(p99, s, n[s]); c = median(cpu, s, n[s])
+    printf "%-10s %12.0f %10.2f %10.2f %9.2f ms %14.1f   %s\n", s, r, p, r / dr, p - dp, c, what[s]
+  }
   if (perf) {
     printf "\nper request, the proxying processes (perf stat, medians):\n"
-    split("session bearer nginx", all, " ")
-    for (i = 1; i <= 3; i++) if (n[all[i]] > 0)
+    split("session bearer nginx go-copy go-parse", all, " ")
+    for (i = 1; i <= 5; i++) if (n[all[i]] > 0)
       printf "  %-8s %6.1f syscalls  %5.2f context switches  %6.1f CPU us\n", all[i], median(sysc, all[i], n[all[i]]), median(csw, all[i], n[all[i]]), median(cpu, all[i], n[all[i]])
   }
   printf "\nTargets: >= 0.50x direct throughput, added p99 <= 1 ms.\n"
