@@ -38,6 +38,9 @@ const (
 	DefaultIdleConnTimeout   = 120 * time.Second
 	DefaultUpstreamTimeout   = 60 * time.Second
 	DefaultShutdownTimeout   = 15 * time.Second
+	// DefaultTunnelIdleTimeout is Envoy's tcp_proxy idle_timeout default,
+	// as the proxy's.
+	DefaultTunnelIdleTimeout = time.Hour
 	DefaultMaxHeaderBytes    = 32 << 10
 	DefaultMaxBodyBytes      = 10 << 20
 	DefaultMaxTokenBytes     = 16 << 10
@@ -183,6 +186,9 @@ type LimitsConfig struct {
 	IdleTimeout       configfile.Duration `yaml:"idle_timeout"`
 	UpstreamTimeout   configfile.Duration `yaml:"upstream_timeout"`
 	ShutdownTimeout   configfile.Duration `yaml:"shutdown_timeout"`
+	// TunnelIdleTimeout closes a WebSocket in which nothing has moved
+	// either way for that long.
+	TunnelIdleTimeout configfile.Duration `yaml:"tunnel_idle_timeout"`
 	// LoginsPerMinute bounds the logins one client (an IPv4 address, an
 	// IPv6 /64) may start per minute: each is a pending ticket in the
 	// session store until it completes or login_timeout passes. -1: no
@@ -239,6 +245,7 @@ type Settings struct {
 	IdleConnTimeout   time.Duration
 	UpstreamTimeout   time.Duration
 	ShutdownTimeout   time.Duration
+	TunnelIdleTimeout time.Duration
 	LoginsPerMinute   int // 0: no limit
 
 	AuditLog, MetricsAddr, LogLevel, LogFormat string
@@ -478,6 +485,7 @@ func (c Config) Resolve() (Settings, error) {
 	s.IdleConnTimeout = dur("limits.idle_timeout", c.Limits.IdleTimeout, DefaultIdleConnTimeout)
 	s.UpstreamTimeout = dur("limits.upstream_timeout", c.Limits.UpstreamTimeout, DefaultUpstreamTimeout)
 	s.ShutdownTimeout = dur("limits.shutdown_timeout", c.Limits.ShutdownTimeout, DefaultShutdownTimeout)
+	s.TunnelIdleTimeout = dur("limits.tunnel_idle_timeout", c.Limits.TunnelIdleTimeout, DefaultTunnelIdleTimeout)
 	if s.MaxHeaderBytes == 0 {
 		s.MaxHeaderBytes = DefaultMaxHeaderBytes
 	} else if s.MaxHeaderBytes < 4096 || s.MaxHeaderBytes > 1<<20 {

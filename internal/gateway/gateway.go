@@ -41,6 +41,7 @@ import (
 	"github.com/trustmesh/trustmesh/internal/httpx"
 	"github.com/trustmesh/trustmesh/internal/policy"
 	"github.com/trustmesh/trustmesh/internal/telemetry"
+	"github.com/trustmesh/trustmesh/internal/tunnel"
 )
 
 // Options are what tests and embedders may inject.
@@ -910,7 +911,11 @@ func (g *Gateway) serveProxy(w http.ResponseWriter, r *http.Request) {
 		}
 		return
 	}
-	rt.proxy.ServeHTTP(sw, r.WithContext(context.WithValue(r.Context(), identityKey{}, d.auth.id)))
+	var rw http.ResponseWriter = sw
+	if len(r.Header["Upgrade"]) > 0 { // a WebSocket (decide refused other upgrades)
+		rw = tunnel.IdleAfterHijack(sw, g.set.TunnelIdleTimeout)
+	}
+	rt.proxy.ServeHTTP(rw, r.WithContext(context.WithValue(r.Context(), identityKey{}, d.auth.id)))
 	g.record(d, "proxy", rt.Name, sw.Code(), start, r)
 }
 

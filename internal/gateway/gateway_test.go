@@ -16,6 +16,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -33,6 +34,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 
+	"github.com/trustmesh/trustmesh/internal/configfile"
 	"github.com/trustmesh/trustmesh/internal/gateway/session"
 	"github.com/trustmesh/trustmesh/internal/gateway/session/sessiontest"
 )
@@ -393,8 +395,12 @@ func TestRedisSharedSessions(t *testing.T) {
 	}
 }
 
-// TestWebSocketUpgrade: an upgrade passes through to the upstream.
+// TestWebSocketUpgrade: an upgrade passes through to the upstream, and
+// the tunnel is closed, on both sides, once nothing has moved through it
+// for limits.tunnel_idle_timeout.
 func TestWebSocketUpgrade(t *testing.T) {
+	const idle = time.Second
+	upstreamEnded := make(chan struct{}, 1)
 	ws := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("Upgrade") != "websocket" || r.Header.Get("X-Auth-Request-User") == "" {
 			http.Error(w, "want an authenticated upgrade", 400)
@@ -407,18 +413,27 @@ func TestWebSocketUpgrade(t *testing.T) {
 		defer conn.Close()
 		_, _ = brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
 		_ = brw.Flush()
-		line, _ := brw.ReadString('\n')
-		_, _ = brw.WriteString("echo:" + line)
-		_ = brw.Flush()
+		for { // until the gateway closes the tunnel
+			line, err := brw.ReadString('\n')
+			if err != nil {
+				upstreamEnded <- struct{}{}
+				return
+			}
+			_, _ = brw.WriteString("echo:" + line)
+			_ = brw.Flush()
+		}
 	}))
 	defer ws.Close()
-	h := newHarness(t, harnessOpts{mutate: func(c *Config) { c.Routes[0].Upstream = ws.URL }})
+	h := newHarness(t, harnessOpts{mutate: func(c *Config) {
+		c.Routes[0].Upstream = ws.URL
+		c.Limits.TunnelIdleTimeout = configfile.Duration{Value: idle}
+	}})
 	conn, err := net.Dial("tcp", strings.TrimPrefix(h.url, "http://"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
 	tok := h.idp.token(t, h.idp.claims(h.clock.Now()))
 	fmt.Fprintf(conn, "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer %s\r\n\r\n", tok)
 	br := bufio.NewReader(conn)
@@ -426,10 +441,24 @@ func TestWebSocketUpgrade(t *testing.T) {
 	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
 		t.Fatalf("upgrade: %v %v", err, resp)
 	}
-	fmt.Fprintf(conn, "ping\n")
-	line, err := br.ReadString('\n')
-	if err != nil || line != "echo:ping\n" {
-		t.Fatalf("after the upgrade: %q %v", line, err)
+	for i := 0; i < 8; i++ { // twice idle of traffic: the tunnel lives on
+		fmt.Fprintf(conn, "ping %d\n", i)
+		if line, err := br.ReadString('\n'); err != nil || line != fmt.Sprintf("echo:ping %d\n", i) {
+			t.Fatalf("after the upgrade: %q %v", line, err)
+		}
+		time.Sleep(idle / 4)
+	}
+	start := time.Now()
+	if _, err := br.ReadByte(); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("an idle WebSocket stayed open: %v", err)
+	}
+	if waited := time.Since(start); waited < idle/2 {
+		t.Fatalf("closed after %v, before it was idle", waited)
+	}
+	select {
+	case <-upstreamEnded:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the upstream side of the idle tunnel stayed open")
 	}
 }
 

@@ -9,8 +9,6 @@ import (
 	"os"
 	"strings"
 	"sync"
-	"sync/atomic"
-	"time"
 )
 
 // prefixConn replays bytes already read (the sniffed first byte) before
@@ -75,66 +73,6 @@ func (l *chanListener) Close() error {
 }
 
 func (l *chanListener) Addr() net.Addr { return l.addr }
-
-// pipe copies both ways until both directions end, half-closing each side
-// when the other finishes sending. A tunnel in which no byte has moved
-// either way for idle is closed (Envoy's tcp_proxy idle_timeout), so an
-// abandoned one gives its connection slot back.
-func pipe(a, b net.Conn, idle time.Duration) {
-	var last atomic.Int64 // when a byte last moved, Unix nanoseconds
-	last.Store(time.Now().UnixNano())
-	var wg sync.WaitGroup
-	wg.Add(2)
-	cp := func(dst, src net.Conn) {
-		defer wg.Done()
-		if copyUntilIdle(dst, src, idle, &last) {
-			a.Close() // idle both ways: end the tunnel, not just this half
-			b.Close()
-			return
-		}
-		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
-			_ = cw.CloseWrite()
-		} else {
-			_ = dst.Close()
-		}
-	}
-	go cp(a, b)
-	go cp(b, a)
-	wg.Wait()
-	a.Close()
-	b.Close()
-}
-
-// copyUntilIdle copies src to dst until src ends or fails, or until
-// nothing has moved in either direction (last) for idle, which it
-// reports. Each read and write may wait idle; a read that times out
-// while the other direction moved goes on waiting.
-func copyUntilIdle(dst, src net.Conn, idle time.Duration, last *atomic.Int64) (idled bool) {
-	bp := copyBuffers.Get().(*[]byte)
-	defer copyBuffers.Put(bp)
-	buf := *bp
-	for {
-		_ = src.SetReadDeadline(time.Now().Add(idle))
-		n, err := src.Read(buf)
-		if n > 0 {
-			last.Store(time.Now().UnixNano())
-			_ = dst.SetWriteDeadline(time.Now().Add(idle))
-			if _, werr := dst.Write(buf[:n]); werr != nil {
-				return isTimeout(werr)
-			}
-			last.Store(time.Now().UnixNano())
-		}
-		if err != nil {
-			if !isTimeout(err) {
-				return false
-			}
-			if time.Since(time.Unix(0, last.Load())) < idle {
-				continue // the other direction is busy
-			}
-			return true
-		}
-	}
-}
 
 // handshakeReason classifies a failed inbound handshake for metrics.
 func handshakeReason(err error) string {

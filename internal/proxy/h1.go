@@ -34,6 +34,7 @@ import (
 
 	"github.com/trustmesh/trustmesh/internal/accesslog"
 	"github.com/trustmesh/trustmesh/internal/httpx"
+	"github.com/trustmesh/trustmesh/internal/tunnel"
 	"github.com/trustmesh/trustmesh/internal/upstream"
 )
 
@@ -547,7 +548,7 @@ func (f *h1Forwarder) tunnel(c net.Conn, br *bufio.Reader, bw *bufio.Writer, x *
 	}
 	_ = c.SetReadDeadline(time.Time{})
 	_ = c.SetWriteDeadline(time.Time{}) // sendTimeout's, from the 101
-	pipe(&bufferedConn{Conn: c, r: br}, &bufferedConn{Conn: up.Conn, r: up.BR}, f.p.set.TunnelIdleTimeout)
+	tunnel.Pipe(&bufferedConn{Conn: c, r: br}, &bufferedConn{Conn: up.Conn, r: up.BR}, f.p.set.TunnelIdleTimeout)
 	return false
 }
 

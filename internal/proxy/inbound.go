@@ -26,6 +26,7 @@ import (
 	"github.com/trustmesh/trustmesh/internal/accesslog"
 	"github.com/trustmesh/trustmesh/internal/httpx"
 	"github.com/trustmesh/trustmesh/internal/policy"
+	"github.com/trustmesh/trustmesh/internal/tunnel"
 )
 
 // inbound terminates mTLS (or, where PeerAuthentication allows, plaintext)
@@ -375,7 +376,11 @@ func (in *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	sw := &httpx.StatusWriter{ResponseWriter: w}
-	in.rp.ServeHTTP(sw, r)
+	var rw http.ResponseWriter = sw
+	if isUpgrade(r.Header) { // a WebSocket that ReverseProxy relays itself
+		rw = tunnel.IdleAfterHijack(sw, in.p.set.TunnelIdleTimeout)
+	}
+	in.rp.ServeHTTP(rw, r)
 	if pw != nil {
 		// net/http writes what it buffered, and a chunked body's end,
 		// after the handler returns: a stream that went quiet before it
@@ -636,7 +641,7 @@ func (in *inbound) serveTCP(ctx context.Context, conn net.Conn) {
 		p.log.Warn("application unreachable", "listener", in.l.Name, "forward", in.l.Forward, "err", err)
 		return
 	}
-	pipe(conn, app, in.p.set.TunnelIdleTimeout)
+	tunnel.Pipe(conn, app, in.p.set.TunnelIdleTimeout)
 	in.duration.Observe(time.Since(start).Seconds())
 }
 

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/trustmesh/trustmesh/internal/httpx"
+	"github.com/trustmesh/trustmesh/internal/tunnel"
 )
 
 // outbound is a local plaintext listener for the application: the proxy
@@ -97,6 +98,9 @@ func (p *Proxy) newOutbound(l Listener, ln net.Listener) *outbound {
 	o.srv = &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			start := time.Now()
+			if isUpgrade(r.Header) { // a WebSocket that ReverseProxy relays itself
+				w = tunnel.IdleAfterHijack(w, p.set.TunnelIdleTimeout)
+			}
 			rp.ServeHTTP(w, r)
 			o.duration.Observe(time.Since(start).Seconds())
 		}),
@@ -203,7 +207,7 @@ func (o *outbound) serveTCP(ctx context.Context, c net.Conn) {
 		return
 	}
 	defer o.tcp.track(up)()
-	pipe(c, up, o.p.set.TunnelIdleTimeout)
+	tunnel.Pipe(c, up, o.p.set.TunnelIdleTimeout)
 	o.duration.Observe(time.Since(start).Seconds())
 }
 

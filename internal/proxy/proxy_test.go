@@ -917,19 +917,43 @@ func TestSlowBodiesAndReadersCutOff(t *testing.T) {
 	}
 }
 
-// TestIdleTunnelsClosed: a TCP tunnel in which bytes keep moving lives on
-// past tunnel_idle_timeout; one in which nothing moves either way for it
-// is closed, giving its slot back.
+// TestIdleTunnelsClosed: a tunnel in which bytes keep moving lives on past
+// tunnel_idle_timeout; one in which nothing moves either way for it is
+// closed, giving its slot back. Both for a TCP listener and for a
+// WebSocket on the plaintext PERMISSIVE port, which net/http's
+// ReverseProxy relays rather than h1.go.
 func TestIdleTunnelsClosed(t *testing.T) {
 	const idle = time.Second
 	m := newMesh(t, meshOpts{limits: func(s *Settings) { s.TunnelIdleTimeout = idle }})
-	c, err := net.Dial("tcp", m.front.Addr("api-tcp").String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
-	br := bufio.NewReader(c)
+	t.Run("tcp", func(t *testing.T) {
+		c, err := net.Dial("tcp", m.front.Addr("api-tcp").String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+		idleTunnelClosed(t, m, c, bufio.NewReader(c), idle)
+	})
+	t.Run("websocket on net/http's path", func(t *testing.T) {
+		c, err := net.Dial("tcp", m.api.Addr("permissive").String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+		_, _ = io.WriteString(c, "GET /public/ws HTTP/1.1\r\nHost: api\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+		br := bufio.NewReader(c)
+		if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+			t.Fatalf("upgrade: %v %v", resp, err)
+		}
+		idleTunnelClosed(t, m, c, br, idle)
+	})
+}
+
+// idleTunnelClosed talks over the echoing tunnel c for twice idle, then
+// waits for the proxies to close it and give its slots back.
+func idleTunnelClosed(t *testing.T, m *mesh, c net.Conn, br *bufio.Reader, idle time.Duration) {
+	t.Helper()
 	for i := 0; i < 8; i++ { // 2 s of traffic, a message every quarter of idle
 		if _, err := fmt.Fprintf(c, "ping %d\n", i); err != nil {
 			t.Fatal(err)
@@ -940,7 +964,7 @@ func TestIdleTunnelsClosed(t *testing.T) {
 		time.Sleep(idle / 4)
 	}
 	start := time.Now()
-	_, err = br.ReadByte() // nothing more is sent: the proxies close the tunnel
+	_, err := br.ReadByte() // nothing more is sent: the proxies close the tunnel
 	if err == nil || isTimeout(err) {
 		t.Fatalf("an idle tunnel stayed open: %v", err)
 	}

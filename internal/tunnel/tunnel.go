@@ -1,0 +1,193 @@
+// Package tunnel relays the raw byte streams that follow a TCP accept or an
+// HTTP protocol switch (WebSocket), and closes a tunnel in which nothing has
+// moved either way for a while, as Envoy's tcp_proxy idle_timeout does: an
+// abandoned tunnel would otherwise hold its connections, and the
+// connection slot they count against, for ever.
+//
+// One watchdog per tunnel does the timing: every read and write through the
+// tunnel notes the time, and a timer that fires once per idle period closes
+// both ends when the last note is older than that. Closing, rather than a
+// deadline on each read, also ends a tunnel stuck in a write to a peer that
+// stopped reading, on either side, and works where the far end is not a
+// net.Conn at all (the upstream side of httputil.ReverseProxy's relay).
+package tunnel
+
+import (
+	"bufio"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// watchdog closes a tunnel once nothing has moved through it for idle.
+type watchdog struct {
+	idle    time.Duration
+	last    atomic.Int64 // when a byte last moved, Unix nanoseconds
+	stopped atomic.Bool
+	timer   *time.Timer
+	onIdle  func()
+}
+
+// newWatchdog starts timing; onIdle runs (once) when the tunnel goes idle.
+// An idle of zero or less never fires.
+func newWatchdog(idle time.Duration, onIdle func()) *watchdog {
+	w := &watchdog{idle: idle, onIdle: onIdle}
+	w.touch()
+	if idle > 0 {
+		w.timer = time.AfterFunc(idle, w.check)
+	}
+	return w
+}
+
+// touch notes that bytes moved.
+func (w *watchdog) touch() { w.last.Store(time.Now().UnixNano()) }
+
+func (w *watchdog) check() {
+	if w.stopped.Load() {
+		return
+	}
+	if quiet := time.Since(time.Unix(0, w.last.Load())); quiet < w.idle {
+		w.timer.Reset(w.idle - quiet) // something moved: look again when that is idle old
+		return
+	}
+	w.onIdle()
+}
+
+// stop ends the timing of a tunnel that ended by itself.
+func (w *watchdog) stop() {
+	w.stopped.Store(true)
+	if w.timer != nil {
+		w.timer.Stop()
+	}
+}
+
+var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// copyNoting copies src to dst until src ends or either fails, noting
+// every read and write on w.
+func copyNoting(dst io.Writer, src io.Reader, w *watchdog) {
+	bp := copyBuffers.Get().(*[]byte)
+	defer copyBuffers.Put(bp)
+	buf := *bp
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			w.touch()
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+			w.touch()
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// Pipe copies both ways between a and b until both directions end,
+// half-closing each side when the other finishes sending, and closes both
+// when nothing has moved either way for idle (never, if idle <= 0).
+func Pipe(a, b net.Conn, idle time.Duration) {
+	w := newWatchdog(idle, func() {
+		a.Close()
+		b.Close()
+	})
+	defer w.stop()
+	var wg sync.WaitGroup
+	wg.Add(2)
+	cp := func(dst, src net.Conn) {
+		defer wg.Done()
+		copyNoting(dst, src, w)
+		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
+			_ = cw.CloseWrite()
+		} else {
+			_ = dst.Close()
+		}
+	}
+	go cp(a, b)
+	go cp(b, a)
+	wg.Wait()
+	a.Close()
+	b.Close()
+}
+
+// IdleAfterHijack wraps w, the writer handed to an
+// httputil.ReverseProxy for a request that asks for a protocol switch, so
+// that the connection the proxy hijacks for the switched protocol is
+// closed once nothing moves either way for idle. Both directions of the
+// proxy's relay pass through the client's connection (it reads the client
+// and writes the upstream, reads the upstream and writes the client), so
+// watching that one connection sees all of them; when it closes, the proxy
+// closes the upstream side too. Call it only for upgrade requests: it
+// costs an allocation, and nothing else hijacks.
+func IdleAfterHijack(w http.ResponseWriter, idle time.Duration) http.ResponseWriter {
+	if idle <= 0 {
+		return w
+	}
+	return &hijackWatcher{ResponseWriter: w, idle: idle}
+}
+
+type hijackWatcher struct {
+	http.ResponseWriter
+	idle time.Duration
+}
+
+// Unwrap lets http.ResponseController reach the writer's other methods
+// (Flush, deadlines).
+func (h *hijackWatcher) Unwrap() http.ResponseWriter { return h.ResponseWriter }
+
+// Hijack hijacks the wrapped writer's connection and starts timing it.
+func (h *hijackWatcher) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	c, brw, err := http.NewResponseController(h.ResponseWriter).Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	wc := &watchedConn{Conn: c}
+	wc.w = newWatchdog(h.idle, func() { c.Close() })
+	// brw is left as it is: ReverseProxy writes the 101 through it before
+	// the relay starts, and reads the client through the conn, never
+	// through brw.
+	return wc, brw, nil
+}
+
+// watchedConn notes every read and write on its watchdog. It embeds the
+// net.Conn interface, not the concrete type, so io.Copy cannot go round
+// it through *net.TCPConn's ReadFrom or WriteTo.
+type watchedConn struct {
+	net.Conn
+	w *watchdog
+}
+
+func (c *watchedConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.w.touch()
+	}
+	return n, err
+}
+
+func (c *watchedConn) Write(p []byte) (int, error) {
+	c.w.touch() // a write that blocks longer than idle is itself idleness
+	n, err := c.Conn.Write(p)
+	if n > 0 {
+		c.w.touch()
+	}
+	return n, err
+}
+
+// CloseWrite half-closes, where the connection can (TCP, TLS), so the
+// relay can pass on an upstream that finished sending.
+func (c *watchedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.Conn.Close()
+}
+
+func (c *watchedConn) Close() error {
+	c.w.stop()
+	return c.Conn.Close()
+}
