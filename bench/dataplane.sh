@@ -27,6 +27,7 @@
 #   PROFILE=1 bench/dataplane.sh             # + CPU profiles of both Trustmesh
 #                                            #   proxies under load (pprof)
 #   PERF=1 bench/dataplane.sh                # + syscalls, context switches/req
+#   GO_FLOOR=1 bench/dataplane.sh            # + a bare Go mTLS pair as a reference
 #
 # Environment (defaults in brackets):
 #   ROUNDS [3]        rounds; each measures every setup once
@@ -42,6 +43,11 @@
 #   PROFILE=1         CPU-profile both Trustmesh proxies in round 1 (pprof;
 #                     PROFILE_DIR keeps the profiles, default a temp dir)
 #   PERF=1            syscalls and context switches per request (perf stat)
+#   GO_FLOOR=1        a fourth setup, "go-copy pair": bench/floor's bare Go
+#                     mTLS pair (crypto/tls, the same certificates as nginx,
+#                     client certificates required) that copies request and
+#                     response heads without parsing them, no policy, no log.
+#                     What Go and crypto/tls cost on their own here.
 #   TRUSTMESH_BIN     benchmark this binary instead of building one
 #   KEEP=1            keep the work directory (configs, logs, wrk output)
 #   HOLD=1            set everything up, then wait (for manual profiling)
@@ -63,6 +69,7 @@ QUIET_WAIT=${QUIET_WAIT:-30}
 PROFILE=${PROFILE:-0}
 PERF=${PERF:-0}
 KEEP=${KEEP:-0}
+GO_FLOOR=${GO_FLOOR:-0}
 
 TD=example.org
 ID_FRONTEND=spiffe://$TD/ns/default/sa/frontend
@@ -77,6 +84,8 @@ TM_OUT_ADDR=127.0.0.1:$((BASE_PORT + 30))
 TM_IN_ADDR=127.0.0.1:$((BASE_PORT + 31))
 PPROF_OUT_ADDR=127.0.0.1:$((BASE_PORT + 40))
 PPROF_IN_ADDR=127.0.0.1:$((BASE_PORT + 41))
+FLOOR_OUT_ADDR=127.0.0.1:$((BASE_PORT + 45))
+FLOOR_IN_ADDR=127.0.0.1:$((BASE_PORT + 46))
 
 log() { printf '%s\n' "$*" >&2; }
 die() {
@@ -222,6 +231,7 @@ if [ "$PROFILE" = 1 ]; then
   mkdir -p "$PROFILE_DIR"
 fi
 go build -o "$dir/backend" ./bench/dataplane/backend
+[ "$GO_FLOOR" != 1 ] || go build -o "$dir/floor" ./bench/floor
 export TRUSTMESH_ADMIN_SOCKET=$dir/server/admin.sock
 
 # --- Control plane: server, join token, two entries for this uid, agent.
@@ -391,6 +401,14 @@ wait_for 60 tm-in port_listening "$TM_IN_ADDR"
 wait_for 60 tm-out port_listening "$TM_OUT_ADDR"
 wait_for 10 nginx-in port_listening "$NGINX_IN_ADDR"
 wait_for 10 nginx-out port_listening "$NGINX_OUT_ADDR"
+if [ "$GO_FLOOR" = 1 ]; then
+  start floor-in "$dir/floor" -listen "$FLOOR_IN_ADDR" -upstream "$BACKEND_ADDR" -tls-in \
+    -cert "$API_PEM" -key "$API_KEY" -bundle "$BUNDLE_PEM"
+  start floor-out "$dir/floor" -listen "$FLOOR_OUT_ADDR" -upstream "$FLOOR_IN_ADDR" -tls-out \
+    -cert "$FRONTEND_PEM" -key "$FRONTEND_KEY" -bundle "$BUNDLE_PEM" -server-name "$DNS_API"
+  wait_for 10 floor-in port_listening "$FLOOR_IN_ADDR"
+  wait_for 10 floor-out port_listening "$FLOOR_OUT_ADDR"
+fi
 if [ "$PROFILE" = 1 ]; then # a TRUSTMESH_BIN not built from bench/dataplane/pprof has no profile endpoint
   wait_for 10 tm-in http_ok "http://$PPROF_IN_ADDR/debug/pprof/"
   wait_for 10 tm-out http_ok "http://$PPROF_OUT_ADDR/debug/pprof/"
@@ -406,7 +424,9 @@ for n in "${PROXIES[@]}"; do IDLE[$n]=$(proxy_kib "$n" VmRSS); done
 # --- Check every chain before measuring it: 200 through each, the
 # identity headers each adds, and that both inbounds refuse a client
 # without a certificate.
-for url in "http://$BACKEND_ADDR/" "http://$NGINX_OUT_ADDR/" "http://$TM_OUT_ADDR/"; do
+chains=("http://$BACKEND_ADDR/" "http://$NGINX_OUT_ADDR/" "http://$TM_OUT_ADDR/")
+[ "$GO_FLOOR" != 1 ] || chains+=("http://$FLOOR_OUT_ADDR/")
+for url in "${chains[@]}"; do
   got=$(curl -fsS --max-time 5 "$url" | wc -c) || die "GET $url failed"
   [ "$got" = "$BODY" ] || die "GET $url: $got bytes, want $BODY"
 done
@@ -436,6 +456,10 @@ fi
 # --- Measure.
 declare -A URL=([direct]="http://$BACKEND_ADDR/" [nginx]="http://$NGINX_OUT_ADDR/" [trustmesh]="http://$TM_OUT_ADDR/")
 SETUPS=(direct nginx trustmesh)
+if [ "$GO_FLOOR" = 1 ]; then
+  URL[go-floor]="http://$FLOOR_OUT_ADDR/"
+  SETUPS+=(go-floor)
+fi
 declare -A RPS P50 P99 BAD REQS CPU SYSC CSW OTHER
 
 # The processes each setup's proxies run as (nginx: masters and workers).
@@ -444,6 +468,7 @@ setup_pids() {
   direct) echo "$(pid_of backend)" ;;
   nginx) tree_pids "$(pid_of nginx-out)" && tree_pids "$(pid_of nginx-in)" ;;
   trustmesh) echo "$(pid_of tm-out)" && echo "$(pid_of tm-in)" ;;
+  go-floor) echo "$(pid_of floor-out)" && echo "$(pid_of floor-in)" ;;
   esac
 }
 # cpu_ticks PID...: user + system clock ticks so far, all threads.
@@ -594,6 +619,7 @@ label_of() {
   direct) echo "direct (wrk -> backend)" ;;
   nginx) echo "nginx pair" ;;
   trustmesh) echo "trustmesh pair" ;;
+  go-floor) echo "go-copy pair (reference)" ;;
   tm-out) echo "trustmesh outbound (1 process)" ;;
   tm-in) echo "trustmesh inbound (1 process)" ;;
   nginx-out) echo "nginx outbound (master + $NGINX_WORKERS workers)" ;;
@@ -621,10 +647,12 @@ for s in "${SETUPS[@]}"; do
 done
 echo "  * CPU us/req: user+system CPU of the two proxies (both nginx instances incl. masters; both"
 echo "    Trustmesh processes) per request; for direct, the backend's. wrk and the backend share the 2 CPUs."
+[ "$GO_FLOOR" != 1 ] || echo "  go-copy pair: bench/floor, Go mTLS (crypto/tls) copying heads unparsed: no policy, no log, no identity headers"
 if [ "$PERF" = 1 ]; then
   echo
   echo "per request, the pair's processes (perf stat, median over rounds):"
-  for s in nginx trustmesh; do
+  for s in "${SETUPS[@]}"; do
+    [ "$s" != direct ] || continue
     printf '  %-16s %6.1f syscalls  %5.2f context switches\n' "$s" "${M_SYSC[$s]}" "${M_CSW[$s]}"
   done
 fi

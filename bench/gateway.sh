@@ -24,8 +24,8 @@
 # `perf stat`, the system calls and context switches per request of the
 # proxying processes (the gateway; nginx's master and workers): where the
 # two do as many system calls, the rest of the difference in CPU per
-# request is user space. GO_FLOOR=1 adds two more references, bench-only Go
-# proxies with no authentication and no log (BASE_PORT+6, +7): "go-copy"
+# request is user space. GO_FLOOR=1 adds two more references, bench/floor's
+# Go proxies with no authentication and no log (BASE_PORT+6, +7): "go-copy"
 # copies the request head and a Content-Length response without parsing
 # them into anything (the least any Go proxy does per request), "go-parse"
 # does the same through net/http's parser and framing (http.ReadRequest,
@@ -189,100 +189,11 @@ func main() {
 GO
 fi
 
-# The Go references (GO_FLOOR=1): one goroutine per client connection and
-# one upstream connection each, keep-alive only, no body on the request;
-# anything else ends the connection. Not a proxy anyone should run.
-if [ "$GO_FLOOR" = 1 ]; then
-  mkdir -p "$helper_dir/floor"
-  cat >"$helper_dir/floor/main.go" <<'GO'
-package main
-
-import (
-	"bufio"
-	"bytes"
-	"io"
-	"net"
-	"net/http"
-	"os"
-	"strconv"
-)
-
-// copyHead copies one message head (up to its empty line) from r to w and
-// returns its Content-Length (-1 when it has none).
-func copyHead(r *bufio.Reader, w *bufio.Writer) (int, error) {
-	n := -1
-	for {
-		line, err := r.ReadSlice('\n')
-		if err != nil {
-			return 0, err
-		}
-		w.Write(line)
-		if len(line) <= 2 {
-			return n, nil
-		}
-		if k := bytes.IndexByte(line, ':'); k > 0 && bytes.EqualFold(line[:k], []byte("content-length")) {
-			if n, err = strconv.Atoi(string(bytes.TrimSpace(line[k+1:]))); err != nil {
-				return 0, err
-			}
-		}
-	}
-}
-
-func relay(c net.Conn, upstream string, parse bool) {
-	defer c.Close()
-	u, err := net.Dial("tcp", upstream)
-	if err != nil {
-		return
-	}
-	defer u.Close()
-	cr, cw := bufio.NewReader(c), bufio.NewWriter(c)
-	ur, uw := bufio.NewReader(u), bufio.NewWriter(u)
-	for {
-		if parse {
-			req, err := http.ReadRequest(cr)
-			if err != nil || req.Write(uw) != nil || uw.Flush() != nil {
-				return
-			}
-			resp, err := http.ReadResponse(ur, req)
-			if err != nil || resp.Write(cw) != nil || cw.Flush() != nil {
-				return
-			}
-			continue
-		}
-		if n, err := copyHead(cr, uw); err != nil || n > 0 || uw.Flush() != nil {
-			return
-		}
-		n, err := copyHead(ur, cw)
-		if err != nil || n < 0 {
-			return
-		}
-		if _, err := io.CopyN(cw, ur, int64(n)); err != nil || cw.Flush() != nil {
-			return
-		}
-	}
-}
-
-func main() {
-	ln, err := net.Listen("tcp", os.Args[1])
-	if err != nil {
-		panic(err)
-	}
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			panic(err)
-		}
-		go relay(c, os.Args[2], os.Args[3] == "parse")
-	}
-}
-GO
-fi
-
 echo "building" >&2
 go build -o "$work/trustmesh" ./cmd/trustmesh
 go build -o "$work/helper" "./$helper_dir"
 [ -z "$PROFILE" ] || go build -o "$work/gateway-prof" "./$helper_dir/prof"
-[ "$GO_FLOOR" != 1 ] || go build -o "$work/floor" "./$helper_dir/floor"
+[ "$GO_FLOOR" != 1 ] || go build -o "$work/floor" ./bench/floor
 "$work/helper" "$IDP_ADDR" "$BACKEND_ADDR" "http://$GW_ADDR" "$work/creds" >"$work/helper.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 200); do [ -s "$work/creds.idp" ] && break; sleep 0.05; done
@@ -395,10 +306,10 @@ NGINX
   NGINX_PIDS=("${pids[-1]}" $(pgrep -P "${pids[-1]}"))
 fi
 if [ "$GO_FLOOR" = 1 ]; then
-  "$work/floor" "$COPY_ADDR" "$BACKEND_ADDR" copy >"$work/go-copy.log" 2>&1 &
+  "$work/floor" -listen "$COPY_ADDR" -upstream "$BACKEND_ADDR" >"$work/go-copy.log" 2>&1 &
   pids+=($!)
   COPY_PID=$!
-  "$work/floor" "$PARSE_ADDR" "$BACKEND_ADDR" parse >"$work/go-parse.log" 2>&1 &
+  "$work/floor" -listen "$PARSE_ADDR" -upstream "$BACKEND_ADDR" -parse >"$work/go-parse.log" 2>&1 &
   pids+=($!)
   PARSE_PID=$!
   for a in "$COPY_ADDR" "$PARSE_ADDR"; do

@@ -574,15 +574,19 @@ func (f *h1Forwarder) shutdown(ctx context.Context) {
 }
 
 // writeInterim writes a 1xx response: its status line and headers, no
-// body and no framing header (Response.Write would add Content-Length: 0
-// to one answering a POST, which RFC 9110 section 8.6 forbids in a 1xx).
+// body and no framing header (RFC 9110 section 8.6 forbids Content-Length
+// in a 1xx: Response.Write would add Content-Length: 0 to one answering a
+// POST, and one the upstream sent is dropped too).
+// interimFraming is what writeInterim leaves out of a 1xx.
+var interimFraming = map[string]bool{"Content-Length": true, "Transfer-Encoding": true}
+
 func writeInterim(bw *bufio.Writer, resp *http.Response) {
 	bw.WriteString("HTTP/1.1 ")
 	bw.WriteString(strconv.Itoa(resp.StatusCode))
 	bw.WriteByte(' ')
 	bw.WriteString(http.StatusText(resp.StatusCode))
 	bw.WriteString("\r\n")
-	_ = resp.Header.Write(bw)
+	_ = resp.Header.WriteSubset(bw, interimFraming)
 	bw.WriteString("\r\n")
 }
 
