@@ -269,6 +269,12 @@ type BearerIssuer struct {
 	bearer.Issuer
 	UserClaim, EmailClaim, GroupsClaim string
 	AllowUnverifiedEmail               bool
+	// LoginClientIDs are the audiences that are a login client's ID, with
+	// no token_types to refuse ID tokens: the ID tokens that client's
+	// logins get pass as bearer tokens too, so sign-out revokes them and
+	// a token for one of these audiences is checked against the
+	// revocations (a session store lookup).
+	LoginClientIDs []string
 }
 
 // Route is a validated route.
@@ -626,19 +632,22 @@ func (c Config) Resolve() (Settings, error) {
 		} else if leeway < 0 || leeway > 5*time.Minute {
 			add("%s.leeway %s: want 0 to 5m", key, leeway)
 		}
+		var loginClients []string
 		if len(b.TokenTypes) == 0 {
 			for _, p := range c.IdentityProviders {
 				if p.Issuer == b.Issuer && slices.Contains(b.Audiences, p.ClientID) {
+					loginClients = append(loginClients, p.ClientID)
 					s.Warnings = append(s.Warnings, fmt.Sprintf("%s: audiences include identity provider %s's client_id, so the ID tokens its logins issue "+
-						"(which sign-out hands back to the provider as id_token_hint, in a URL) are accepted as bearer tokens until they expire; "+
-						"set token_types: [at+jwt] if the provider types its access tokens, or give the API its own audience", key, p.Name))
+						"are accepted as bearer tokens; sign-out, which hands the ID token back to the provider in a URL, revokes it, "+
+						"at the cost of a session store lookup for every bearer token with that audience. "+
+						"Set token_types: [at+jwt] if the provider types its access tokens, or give the API its own audience", key, p.Name))
 				}
 			}
 		}
 		s.Bearer = append(s.Bearer, BearerIssuer{
 			Issuer:    bearer.Issuer{Issuer: b.Issuer, Audiences: b.Audiences, JWKSURL: b.JWKSURL, Algorithms: b.Algorithms, Leeway: leeway, TokenTypes: b.TokenTypes},
 			UserClaim: orDefault(b.UserClaim, "sub"), EmailClaim: orDefault(b.EmailClaim, "email"), GroupsClaim: orDefault(b.GroupsClaim, "groups"),
-			AllowUnverifiedEmail: b.AllowUnverifiedEmail,
+			AllowUnverifiedEmail: b.AllowUnverifiedEmail, LoginClientIDs: loginClients,
 		})
 	}
 

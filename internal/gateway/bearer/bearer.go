@@ -42,11 +42,14 @@ const (
 	ReasonMissingClaim    Reason = "missing_claim"
 	ReasonWrongType       Reason = "wrong_type"
 	ReasonKeysUnavailable Reason = "jwks_unavailable"
+	// ReasonRevoked is the gateway's, not the verifier's: a valid ID
+	// token that sign-out revoked.
+	ReasonRevoked Reason = "revoked"
 )
 
 // Reasons lists every Reason (to pre-register metrics).
 var Reasons = []Reason{ReasonOversized, ReasonMalformed, ReasonAlgNotAllowed, ReasonWrongIssuer, ReasonUnknownKID,
-	ReasonBadSignature, ReasonExpired, ReasonNotYetValid, ReasonIssuedInFuture, ReasonWrongAudience, ReasonMissingClaim, ReasonWrongType, ReasonKeysUnavailable}
+	ReasonBadSignature, ReasonExpired, ReasonNotYetValid, ReasonIssuedInFuture, ReasonWrongAudience, ReasonMissingClaim, ReasonWrongType, ReasonKeysUnavailable, ReasonRevoked}
 
 // Error is a rejected token.
 type Error struct {
