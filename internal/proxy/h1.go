@@ -573,13 +573,13 @@ func (f *h1Forwarder) shutdown(ctx context.Context) {
 	f.pool.CloseAll()
 }
 
+// interimFraming is what writeInterim leaves out of a 1xx.
+var interimFraming = map[string]bool{"Content-Length": true, "Transfer-Encoding": true}
+
 // writeInterim writes a 1xx response: its status line and headers, no
 // body and no framing header (RFC 9110 section 8.6 forbids Content-Length
 // in a 1xx: Response.Write would add Content-Length: 0 to one answering a
 // POST, and one the upstream sent is dropped too).
-// interimFraming is what writeInterim leaves out of a 1xx.
-var interimFraming = map[string]bool{"Content-Length": true, "Transfer-Encoding": true}
-
 func writeInterim(bw *bufio.Writer, resp *http.Response) {
 	bw.WriteString("HTTP/1.1 ")
 	bw.WriteString(strconv.Itoa(resp.StatusCode))
