@@ -989,10 +989,13 @@ func (g *Gateway) serveProxy(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var rw http.ResponseWriter = sw
+	out := r.WithContext(context.WithValue(r.Context(), identityKey{}, d.auth.id))
 	if len(r.Header["Upgrade"]) > 0 { // a WebSocket (decide refused other upgrades)
-		rw = tunnel.IdleAfterHijack(sw, g.set.TunnelIdleTimeout)
+		var release context.CancelFunc
+		rw, out, release = tunnel.IdleAfterHijack(sw, out, g.set.TunnelIdleTimeout)
+		defer release()
 	}
-	rt.proxy.ServeHTTP(rw, r.WithContext(context.WithValue(r.Context(), identityKey{}, d.auth.id)))
+	rt.proxy.ServeHTTP(rw, out)
 	g.record(d, "proxy", rt.Name, sw.Code(), start, r)
 }
 

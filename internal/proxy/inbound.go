@@ -378,7 +378,9 @@ func (in *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	sw := &httpx.StatusWriter{ResponseWriter: w}
 	var rw http.ResponseWriter = sw
 	if isUpgrade(r.Header) { // a WebSocket that ReverseProxy relays itself
-		rw = tunnel.IdleAfterHijack(sw, in.p.set.TunnelIdleTimeout)
+		var release context.CancelFunc
+		rw, r, release = tunnel.IdleAfterHijack(sw, r, in.p.set.TunnelIdleTimeout)
+		defer release()
 	}
 	in.rp.ServeHTTP(rw, r)
 	if pw != nil {

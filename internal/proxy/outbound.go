@@ -97,10 +97,9 @@ func (p *Proxy) newOutbound(l Listener, ln net.Listener) *outbound {
 	o.hl = newChanListener(ln.Addr())
 	o.srv = &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			// (Only h2c prior-knowledge connections come here, h1.go
+			// serves HTTP/1.x: no WebSocket tunnel to watch.)
 			start := time.Now()
-			if isUpgrade(r.Header) { // a WebSocket that ReverseProxy relays itself
-				w = tunnel.IdleAfterHijack(w, p.set.TunnelIdleTimeout)
-			}
 			rp.ServeHTTP(w, r)
 			o.duration.Observe(time.Since(start).Seconds())
 		}),

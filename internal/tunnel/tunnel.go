@@ -14,6 +14,7 @@ package tunnel
 
 import (
 	"bufio"
+	"context"
 	"io"
 	"net"
 	"net/http"
@@ -114,25 +115,31 @@ func Pipe(a, b net.Conn, idle time.Duration) {
 	b.Close()
 }
 
-// IdleAfterHijack wraps w, the writer handed to an
-// httputil.ReverseProxy for a request that asks for a protocol switch, so
-// that the connection the proxy hijacks for the switched protocol is
-// closed once nothing moves either way for idle. Both directions of the
-// proxy's relay pass through the client's connection (it reads the client
-// and writes the upstream, reads the upstream and writes the client), so
-// watching that one connection sees all of them; when it closes, the proxy
-// closes the upstream side too. Call it only for upgrade requests: it
-// costs an allocation, and nothing else hijacks.
-func IdleAfterHijack(w http.ResponseWriter, idle time.Duration) http.ResponseWriter {
+// IdleAfterHijack prepares w and r, a request that asks for a protocol
+// switch, for an httputil.ReverseProxy, so that the tunnel the proxy
+// relays after the switch ends once nothing has moved either way for
+// idle. Both directions of the proxy's relay pass through the client's
+// connection (it reads the client and writes the upstream, reads the
+// upstream and writes the client), so watching that one connection sees
+// all of them. When it goes idle, the watchdog closes it and cancels the
+// request's context, on which the proxy closes the upstream side: closing
+// the client alone would leave the relay blocked on an upstream that
+// stopped reading, or that stays silent after the client half-closed.
+// Serve with the returned writer and request, and call release when the
+// proxy returns. Call it only for upgrade requests: it costs a context
+// and an allocation, and nothing else hijacks.
+func IdleAfterHijack(w http.ResponseWriter, r *http.Request, idle time.Duration) (http.ResponseWriter, *http.Request, context.CancelFunc) {
 	if idle <= 0 {
-		return w
+		return w, r, func() {}
 	}
-	return &hijackWatcher{ResponseWriter: w, idle: idle}
+	ctx, cancel := context.WithCancel(r.Context())
+	return &hijackWatcher{ResponseWriter: w, idle: idle, cancel: cancel}, r.WithContext(ctx), cancel
 }
 
 type hijackWatcher struct {
 	http.ResponseWriter
-	idle time.Duration
+	idle   time.Duration
+	cancel context.CancelFunc
 }
 
 // Unwrap lets http.ResponseController reach the writer's other methods
@@ -146,7 +153,10 @@ func (h *hijackWatcher) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		return nil, nil, err
 	}
 	wc := &watchedConn{Conn: c}
-	wc.w = newWatchdog(h.idle, func() { c.Close() })
+	wc.w = newWatchdog(h.idle, func() {
+		c.Close()
+		h.cancel()
+	})
 	// brw is left as it is: ReverseProxy writes the 101 through it before
 	// the relay starts, and reads the client through the conn, never
 	// through brw.

@@ -196,7 +196,9 @@ func upgradeFront(t *testing.T, backend *url.URL, done chan<- struct{}) string {
 	t.Helper()
 	rp := httputil.NewSingleHostReverseProxy(backend)
 	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		rp.ServeHTTP(IdleAfterHijack(w, idle), r)
+		w, r, release := IdleAfterHijack(w, r, idle)
+		defer release()
+		rp.ServeHTTP(w, r)
 		done <- struct{}{}
 	}))
 	t.Cleanup(s.Close)
@@ -247,6 +249,41 @@ func TestIdleAfterHijackClosesTunnelStuckOnAReader(t *testing.T) {
 	waitDone(t, failed, "the upstream's flood")
 }
 
+// silentUpstream switches protocols and then neither reads nor writes
+// until the test ends.
+func silentUpstream(t *testing.T) *url.URL {
+	hold := make(chan struct{})
+	t.Cleanup(func() { close(hold) })
+	return upgradeBackend(t, func(c net.Conn) {
+		<-hold
+		c.Close()
+	})
+}
+
+// TestIdleAfterHijackClosesTunnelStuckOnTheUpstream: an upstream that
+// stops reading blocks the relay's writes to it, and one that stays silent
+// after the client half-closed leaves the relay waiting on it; closing the
+// client's side alone ends neither, the watchdog must end the upstream's
+// side too.
+func TestIdleAfterHijackClosesTunnelStuckOnTheUpstream(t *testing.T) {
+	t.Run("upstream stopped reading", func(t *testing.T) {
+		done := make(chan struct{}, 1)
+		c, _ := upgrade(t, upgradeFront(t, silentUpstream(t), done))
+		failed := make(chan struct{}, 1)
+		go flood(c, failed) // until the proxy's buffers fill, then nothing moves
+		waitDone(t, failed, "the client's flood")
+		waitDone(t, done, "the proxy's relay")
+	})
+	t.Run("client half-closed, upstream silent", func(t *testing.T) {
+		done := make(chan struct{}, 1)
+		c, _ := upgrade(t, upgradeFront(t, silentUpstream(t), done))
+		if err := c.(*net.TCPConn).CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+		waitDone(t, done, "the proxy's relay")
+	})
+}
+
 // TestIdleAfterHijackPassesOtherRequests: a request that does not switch
 // protocols is served as without the wrapper, and a zero idle adds none.
 func TestIdleAfterHijackPassesOtherRequests(t *testing.T) {
@@ -259,9 +296,11 @@ func TestIdleAfterHijackPassesOtherRequests(t *testing.T) {
 	if resp.StatusCode != http.StatusUpgradeRequired {
 		t.Fatalf("status %d", resp.StatusCode)
 	}
-	w := httptest.NewRecorder()
-	if IdleAfterHijack(w, 0) != http.ResponseWriter(w) {
-		t.Fatal("a zero idle wrapped the writer")
+	w, r := httptest.NewRecorder(), httptest.NewRequest("GET", "/", nil)
+	if ww, rr, release := IdleAfterHijack(w, r, 0); ww != http.ResponseWriter(w) || rr != r {
+		t.Fatal("a zero idle wrapped the writer or the request")
+	} else {
+		release()
 	}
 }
 
