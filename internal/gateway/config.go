@@ -269,11 +269,11 @@ type BearerIssuer struct {
 	bearer.Issuer
 	UserClaim, EmailClaim, GroupsClaim string
 	AllowUnverifiedEmail               bool
-	// LoginClientIDs are the audiences that are a login client's ID, with
-	// no token_types to refuse ID tokens: the ID tokens that client's
-	// logins get pass as bearer tokens too, so sign-out revokes them and
-	// a token for one of these audiences is checked against the
-	// revocations (a session store lookup).
+	// LoginClientIDs are the client IDs of the login providers with this
+	// issuer, when no token_types refuses ID tokens: those clients' ID
+	// tokens may pass as bearer tokens, so sign-out revokes them, and a
+	// bearer token whose aud names one of them is checked against the
+	// revocations (a session store lookup; revoke.go).
 	LoginClientIDs []string
 }
 
@@ -635,8 +635,13 @@ func (c Config) Resolve() (Settings, error) {
 		var loginClients []string
 		if len(b.TokenTypes) == 0 {
 			for _, p := range c.IdentityProviders {
-				if p.Issuer == b.Issuer && slices.Contains(b.Audiences, p.ClientID) {
-					loginClients = append(loginClients, p.ClientID)
+				if p.Issuer != b.Issuer {
+					continue
+				}
+				// Every login client of this issuer: its ID tokens may
+				// carry an API's audience besides the client's own.
+				loginClients = append(loginClients, p.ClientID)
+				if slices.Contains(b.Audiences, p.ClientID) {
 					s.Warnings = append(s.Warnings, fmt.Sprintf("%s: audiences include identity provider %s's client_id, so the ID tokens its logins issue "+
 						"are accepted as bearer tokens; sign-out, which hands the ID token back to the provider in a URL, revokes it, "+
 						"at the cost of a session store lookup for every bearer token with that audience. "+

@@ -3,6 +3,7 @@ package gateway
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -110,7 +111,10 @@ func TestPathHasPrefix(t *testing.T) {
 }
 
 // TestBearerAudienceOfLoginClientWarns: a bearer audience that is a login
-// client's ID accepts that client's ID tokens; valid, but said.
+// client's ID accepts that client's ID tokens; valid, but said. Whatever
+// the audiences, a bearer issuer that is a login provider's, without
+// token_types, lists the login clients whose ID tokens sign-out revokes
+// (an ID token may carry the API's audience too).
 func TestBearerAudienceOfLoginClientWarns(t *testing.T) {
 	c := minimalConfig()
 	c.BearerTokens = []BearerConfig{{Issuer: "https://idp.example.com", Audiences: []string{"api", "app"}}}
@@ -121,16 +125,25 @@ func TestBearerAudienceOfLoginClientWarns(t *testing.T) {
 	if len(set.Warnings) != 1 || !strings.Contains(set.Warnings[0], "bearer_tokens[0]: audiences include identity provider corp's client_id") {
 		t.Fatalf("warnings %q", set.Warnings)
 	}
-	for name, mutate := range map[string]func(*Config){
-		"typed tokens only":  func(c *Config) { c.BearerTokens[0].TokenTypes = []string{"at+jwt"} },
-		"the API's audience": func(c *Config) { c.BearerTokens[0].Audiences = []string{"api"} },
-		"another issuer":     func(c *Config) { c.BearerTokens[0].Issuer = "https://other.example.com" },
+	if got := set.Bearer[0].LoginClientIDs; !slices.Equal(got, []string{"app"}) {
+		t.Fatalf("login client IDs %q", got)
+	}
+	for name, tc := range map[string]struct {
+		mutate       func(*Config)
+		loginClients []string
+	}{
+		"typed tokens only":  {func(c *Config) { c.BearerTokens[0].TokenTypes = []string{"at+jwt"} }, nil},
+		"the API's audience": {func(c *Config) { c.BearerTokens[0].Audiences = []string{"api"} }, []string{"app"}},
+		"another issuer":     {func(c *Config) { c.BearerTokens[0].Issuer = "https://other.example.com" }, nil},
 	} {
 		c := minimalConfig()
 		c.BearerTokens = []BearerConfig{{Issuer: "https://idp.example.com", Audiences: []string{"api", "app"}}}
-		mutate(&c)
-		if set, err := c.Resolve(); err != nil || len(set.Warnings) != 0 {
+		tc.mutate(&c)
+		set, err := c.Resolve()
+		if err != nil || len(set.Warnings) != 0 {
 			t.Errorf("%s: %v %q", name, err, set.Warnings)
+		} else if got := set.Bearer[0].LoginClientIDs; !slices.Equal(got, tc.loginClients) {
+			t.Errorf("%s: login client IDs %q, want %q", name, got, tc.loginClients)
 		}
 	}
 }

@@ -12,10 +12,8 @@ package gateway
 
 import (
 	"context"
-	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -577,69 +575,6 @@ func (g *Gateway) authenticate(ctx context.Context, r *http.Request, rt *route) 
 		return authResult{status: http.StatusServiceUnavailable, reason: "session store unavailable: " + err.Error()}
 	}
 	return authResult{id: ls.identity()}
-}
-
-// ID tokens as bearer tokens. Where a bearer audience is a login client's
-// ID (and no token_types refuses ID tokens), the ID tokens of that
-// client's logins are bearer tokens too. Sign-out hands the session's ID
-// token to the provider as id_token_hint, in a URL that browser history
-// and the provider's logs keep, so sign-out also revokes it: a record in
-// the session store, kept until the token expires, under a hash of the
-// token (never the token). Only tokens for such an audience pay for the
-// lookup.
-
-// revokedIDTokenKey is the store key of a revoked token's record.
-func revokedIDTokenKey(raw string) string {
-	sum := sha256.Sum256([]byte(raw))
-	return "revoked-id-token:" + hex.EncodeToString(sum[:])
-}
-
-// mayBeLoginIDToken: tok, verified for bc, is for an audience that is a
-// login client's ID, so it may be an ID token sign-out revoked.
-func mayBeLoginIDToken(bc BearerIssuer, tok *bearer.Token) bool {
-	for _, a := range tok.Audiences {
-		if slices.Contains(bc.LoginClientIDs, a) {
-			return true
-		}
-	}
-	return false
-}
-
-// idTokenRevoked reports whether sign-out revoked raw.
-func (g *Gateway) idTokenRevoked(ctx context.Context, bc BearerIssuer, tok *bearer.Token, raw string) (bool, error) {
-	if !mayBeLoginIDToken(bc, tok) {
-		return false, nil
-	}
-	_, err := g.store.Get(ctx, revokedIDTokenKey(raw))
-	switch {
-	case err == nil:
-		return true, nil
-	case errors.Is(err, session.ErrNotFound):
-		return false, nil
-	}
-	return false, err
-}
-
-// revokeIDToken revokes a signed-out session's ID token, if it would pass
-// as a bearer token (verified as one: an expired token, or one no bearer
-// issuer accepts, needs no record), until it would expire.
-func (g *Gateway) revokeIDToken(ctx context.Context, raw string) error {
-	if raw == "" || !g.idTokensAreBearer {
-		return nil
-	}
-	tok, err := g.verifier.Verify(ctx, raw)
-	if err != nil {
-		return nil // not a bearer token anywhere here
-	}
-	bc := g.bearerCfg[tok.Issuer]
-	if !mayBeLoginIDToken(bc, tok) {
-		return nil
-	}
-	err = g.store.Create(ctx, session.Record{Key: revokedIDTokenKey(raw), ExpiresAt: tok.Expiry.Add(bc.Leeway + time.Minute)})
-	if errors.Is(err, session.ErrExists) {
-		return nil
-	}
-	return err
 }
 
 // decision is the pipeline's answer for one request.
@@ -1271,13 +1206,15 @@ func (g *Gateway) signOut(w http.ResponseWriter, r *http.Request) {
 		g.errorPage(w, http.StatusMethodNotAllowed, "Method not allowed", "Use GET or POST.")
 		return
 	}
+	// Every revocation before any deletion: a session gone but its ID
+	// token not revoked would leave nothing to retry the revocation from.
 	for _, s := range sessions {
-		// The revocation first: a session gone but its ID token not
-		// revoked would leave nothing to retry the revocation from.
 		if err := g.revokeIDToken(r.Context(), s.ls.data.IDToken); err != nil {
 			storeDown(err)
 			return
 		}
+	}
+	for _, s := range sessions {
 		if err := g.store.Delete(r.Context(), s.ls.id.key); err != nil && !errors.Is(err, session.ErrNotFound) {
 			storeDown(err)
 			return

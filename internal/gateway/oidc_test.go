@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -16,6 +17,7 @@ import (
 	"github.com/go-jose/go-jose/v4/jwt"
 
 	"github.com/trustmesh/trustmesh/internal/gateway/session"
+	"github.com/trustmesh/trustmesh/internal/gateway/session/sessiontest"
 )
 
 // TestLoginFlow: a browser without a session goes to the IdP (code +
@@ -317,42 +319,75 @@ func TestSignOutStolenCookieDead(t *testing.T) {
 // TestSignOutRevokesIDToken: where a bearer audience is a login client's
 // ID (the harness's configuration, which validate warns about), the ID
 // token sign-out hands to the provider in a URL no longer passes as a
-// bearer token. Other tokens for that audience still do, and are checked
-// against the store (503 while it is down); tokens for other audiences
-// do not touch it.
+// bearer token, up to the end of the leeway past its exp, in every store.
+// Other tokens for that audience still pass, and are checked against the
+// store (503 while it is down); tokens for other audiences do not touch
+// it.
 func TestSignOutRevokesIDToken(t *testing.T) {
-	st := &downStore{Store: session.NewMemory(session.Options{})}
-	h := newHarness(t, harnessOpts{store: st, mutate: func(c *Config) {
-		c.IdentityProviders[0].EndSessionURL = "http://127.0.0.1:1/logout"
-	}})
-	c := h.login("/")
-	r := h.get(noFollow(c), "/oauth2/sign_out", map[string]string{"Sec-Fetch-Site": "same-origin"})
-	loc, _ := url.Parse(r.Header.Get("Location"))
-	idToken := loc.Query().Get("id_token_hint")
-	if r.StatusCode != http.StatusFound || idToken == "" {
-		t.Fatalf("sign-out: %d %s", r.StatusCode, loc)
+	stores := map[string]func(t *testing.T, clock *sessiontest.Clock) session.Store{
+		"memory": func(t *testing.T, clock *sessiontest.Clock) session.Store {
+			return session.NewMemory(session.Options{Now: clock.Now})
+		},
+		"sqlite": func(t *testing.T, clock *sessiontest.Clock) session.Store {
+			s, err := session.OpenSQLite(context.Background(), t.TempDir()+"/sessions.db", session.Options{Now: clock.Now})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return s
+		},
+		"redis": func(t *testing.T, clock *sessiontest.Clock) session.Store {
+			s, err := session.Open(context.Background(), "redis://"+sessiontest.StartRedis(t)+"/0", session.Options{Now: clock.Now})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return s
+		},
 	}
-	if r := h.bearerGet("/", idToken, nil); r.StatusCode != http.StatusUnauthorized {
-		t.Fatalf("the signed-out session's ID token as a bearer token: %d", r.StatusCode)
-	}
-	if a := h.lastAudit("access_decision"); a["status"] != 401.0 || !strings.Contains(fmt.Sprint(a["reason"]), "revoked") {
-		t.Fatalf("audit: %v", a)
-	}
-	if n := counterValue(h.gw.metrics.tokenRejections.WithLabelValues("revoked")); n != 1 {
-		t.Fatalf("token rejections{revoked} = %v", n)
-	}
-	claims := h.idp.claims(h.clock.Now())
-	claims["aud"] = []string{h.idp.m.ClientID}
-	other := h.idp.token(t, claims)
-	if r := h.bearerGet("/", other, nil); r.StatusCode != http.StatusOK {
-		t.Fatalf("another token for the login client's audience: %d", r.StatusCode)
-	}
-	st.down.Store(true)
-	if r := h.bearerGet("/", other, nil); r.StatusCode != http.StatusServiceUnavailable {
-		t.Fatalf("a token for the login client's audience, store down: %d", r.StatusCode)
-	}
-	if r := h.bearerGet("/", h.idp.token(t, h.idp.claims(h.clock.Now())), nil); r.StatusCode != http.StatusOK {
-		t.Fatalf("a token for the API's own audience, store down: %d", r.StatusCode)
+	for name, open := range stores {
+		t.Run(name, func(t *testing.T) {
+			clock := sessiontest.NewClock(time.Now().Truncate(time.Millisecond))
+			st := &downStore{Store: open(t, clock)}
+			h := newHarness(t, harnessOpts{store: st, clock: clock, mutate: func(c *Config) {
+				c.IdentityProviders[0].EndSessionURL = "http://127.0.0.1:1/logout"
+			}})
+			c := h.login("/")
+			r := h.get(noFollow(c), "/oauth2/sign_out", map[string]string{"Sec-Fetch-Site": "same-origin"})
+			loc, _ := url.Parse(r.Header.Get("Location"))
+			idToken := loc.Query().Get("id_token_hint")
+			if r.StatusCode != http.StatusFound || idToken == "" {
+				t.Fatalf("sign-out: %d %s", r.StatusCode, loc)
+			}
+			// Until the last moment the verifier would still take it:
+			// exp plus the leeway.
+			parsed, err := jwt.ParseSigned(idToken, []jose.SignatureAlgorithm{jose.RS256})
+			var std jwt.Claims
+			if err != nil || parsed.UnsafeClaimsWithoutVerification(&std) != nil || std.Expiry == nil {
+				t.Fatalf("the ID token: %v %v", err, std)
+			}
+			h.advance(std.Expiry.Time().Add(DefaultLeeway - 2*time.Second).Sub(h.clock.Now()))
+			if r := h.bearerGet("/", idToken, nil); r.StatusCode != http.StatusUnauthorized {
+				t.Fatalf("the signed-out session's ID token as a bearer token: %d", r.StatusCode)
+			}
+			if a := h.lastAudit("access_decision"); a["status"] != 401.0 || !strings.Contains(fmt.Sprint(a["reason"]), "revoked") {
+				t.Fatalf("audit: %v", a)
+			}
+			if n := counterValue(h.gw.metrics.tokenRejections.WithLabelValues("revoked")); n != 1 {
+				t.Fatalf("token rejections{revoked} = %v", n)
+			}
+			claims := h.idp.claims(h.clock.Now())
+			claims["aud"] = []string{h.idp.m.ClientID}
+			other := h.idp.token(t, claims)
+			if r := h.bearerGet("/", other, nil); r.StatusCode != http.StatusOK {
+				t.Fatalf("another token for the login client's audience: %d", r.StatusCode)
+			}
+			st.down.Store(true)
+			if r := h.bearerGet("/", other, nil); r.StatusCode != http.StatusServiceUnavailable {
+				t.Fatalf("a token for the login client's audience, store down: %d", r.StatusCode)
+			}
+			if r := h.bearerGet("/", h.idp.token(t, h.idp.claims(h.clock.Now())), nil); r.StatusCode != http.StatusOK {
+				t.Fatalf("a token for the API's own audience, store down: %d", r.StatusCode)
+			}
+		})
 	}
 }
 

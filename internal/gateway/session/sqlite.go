@@ -68,7 +68,7 @@ func (s *SQLite) Create(ctx context.Context, r Record) error {
 	// An expired record under the same key is replaced.
 	res, err := s.db.ExecContext(ctx, `INSERT INTO gateway_sessions (key, version, expires_at, data) VALUES (?, 1, ?, ?)
 		ON CONFLICT (key) DO UPDATE SET version = 1, expires_at = excluded.expires_at, data = excluded.data
-		WHERE gateway_sessions.expires_at <= ?`, r.Key, r.ExpiresAt.UnixNano(), r.Data, s.nowNS())
+		WHERE gateway_sessions.expires_at <= ?`, r.Key, r.ExpiresAt.UnixNano(), nonNil(r.Data), s.nowNS())
 	if err != nil {
 		return fmt.Errorf("create session: %w", err)
 	}
@@ -95,7 +95,7 @@ func (s *SQLite) Get(ctx context.Context, key string) (Record, error) {
 
 func (s *SQLite) Update(ctx context.Context, r Record) (Record, error) {
 	res, err := s.db.ExecContext(ctx, `UPDATE gateway_sessions SET version = version + 1, expires_at = ?, data = ?
-		WHERE key = ? AND version = ? AND expires_at > ?`, r.ExpiresAt.UnixNano(), r.Data, r.Key, r.Version, s.nowNS())
+		WHERE key = ? AND version = ? AND expires_at > ?`, r.ExpiresAt.UnixNano(), nonNil(r.Data), r.Key, r.Version, s.nowNS())
 	if err != nil {
 		return Record{}, fmt.Errorf("update session: %w", err)
 	}
@@ -162,3 +162,12 @@ func (s *SQLite) Purge(ctx context.Context) (int, error) {
 }
 
 func (s *SQLite) Close() error { return s.db.Close() }
+
+// nonNil: the driver stores a nil slice as NULL, which the NOT NULL data
+// column refuses; a record without data is an empty blob.
+func nonNil(b []byte) []byte {
+	if b == nil {
+		return []byte{}
+	}
+	return b
+}

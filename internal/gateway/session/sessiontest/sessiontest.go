@@ -55,6 +55,7 @@ func Run(t *testing.T, newStore NewStore) {
 		{"TicketExpiry", testTicketExpiry},
 		{"TicketConcurrentTakeOnce", testTicketConcurrentTake},
 		{"BinaryData", testBinaryData},
+		{"EmptyData", testEmptyData},
 		{"Purge", testPurge},
 	}
 	for _, tc := range tests {
@@ -321,6 +322,30 @@ func testTicketConcurrentTake(t *testing.T, s session.Store, c *Clock) {
 	wg.Wait()
 	if got.Load() != 1 {
 		t.Fatalf("a ticket was taken %d times, want once", got.Load())
+	}
+}
+
+// testEmptyData: a record may carry no data (a marker, as the gateway's
+// revoked ID tokens), nil or empty alike, and updates may empty it.
+func testEmptyData(t *testing.T, s session.Store, c *Clock) {
+	for _, data := range [][]byte{nil, {}} {
+		r := rec(t, c, "")
+		r.Data = data
+		if err := s.Create(ctx(t), r); err != nil {
+			t.Fatalf("create with data %#v: %v", data, err)
+		}
+		got, err := s.Get(ctx(t), r.Key)
+		if err != nil || len(got.Data) != 0 {
+			t.Fatalf("get: %v %v", got.Data, err)
+		}
+		got.Data = []byte("x")
+		if got, err = s.Update(ctx(t), got); err != nil {
+			t.Fatal(err)
+		}
+		got.Data = data
+		if _, err := s.Update(ctx(t), got); err != nil {
+			t.Fatalf("update to data %#v: %v", data, err)
+		}
 	}
 }
 
