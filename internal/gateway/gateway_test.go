@@ -397,10 +397,14 @@ func TestRedisSharedSessions(t *testing.T) {
 
 // TestWebSocketUpgrade: an upgrade passes through to the upstream, and
 // the tunnel is closed, on both sides, once nothing has moved through it
-// for limits.tunnel_idle_timeout.
+// for limits.tunnel_idle_timeout; also when the upstream is the one that
+// stopped reading (/silent), which closing the client's side alone would
+// not end.
 func TestWebSocketUpgrade(t *testing.T) {
 	const idle = time.Second
 	upstreamEnded := make(chan struct{}, 1)
+	hold := make(chan struct{})
+	defer close(hold)
 	ws := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("Upgrade") != "websocket" || r.Header.Get("X-Auth-Request-User") == "" {
 			http.Error(w, "want an authenticated upgrade", 400)
@@ -413,6 +417,10 @@ func TestWebSocketUpgrade(t *testing.T) {
 		defer conn.Close()
 		_, _ = brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
 		_ = brw.Flush()
+		if r.URL.Path == "/silent" {
+			<-hold // neither reads nor writes
+			return
+		}
 		for { // until the gateway closes the tunnel
 			line, err := brw.ReadString('\n')
 			if err != nil {
@@ -460,6 +468,37 @@ func TestWebSocketUpgrade(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the upstream side of the idle tunnel stayed open")
 	}
+
+	// The client floods an upstream that does not read: once the buffers
+	// between them fill nothing moves, the tunnel is closed, and the relay
+	// ends (its audit line is written when it does).
+	silent, err := net.Dial("tcp", strings.TrimPrefix(h.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	_ = silent.SetDeadline(time.Now().Add(20 * time.Second))
+	fmt.Fprintf(silent, "GET /silent HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer %s\r\n\r\n", tok)
+	if resp, err := http.ReadResponse(bufio.NewReader(silent), nil); err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade /silent: %v %v", err, resp)
+	}
+	flood := make([]byte, 64<<10)
+	for {
+		if _, err := silent.Write(flood); err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatal("the tunnel to an upstream that stopped reading stayed open")
+			}
+			break
+		}
+	}
+	waitFor(t, "the relay to /silent to end", func() bool {
+		for _, a := range h.auditLines() {
+			if a["path"] == "/silent" {
+				return true
+			}
+		}
+		return false
+	})
 }
 
 // An upgrade other than WebSocket would make a tunnel past the per-request

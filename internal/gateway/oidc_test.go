@@ -391,6 +391,52 @@ func TestSignOutRevokesIDToken(t *testing.T) {
 	}
 }
 
+// TestRevokeIDTokenCases: which ID tokens sign-out revokes, checked in the
+// store (SQLite, whose nanosecond expiry is the narrowest). Bearer
+// audiences [my-api], so only an ID token that also carries my-api could
+// pass as a bearer token: that one is revoked, even with the JWKS down (it
+// is not verified again) and with an exp centuries away; one for the
+// client alone is not worth a record.
+func TestRevokeIDTokenCases(t *testing.T) {
+	for _, jwksDown := range []bool{false, true} {
+		clock := sessiontest.NewClock(time.Now())
+		st, err := session.OpenSQLite(context.Background(), t.TempDir()+"/sessions.db", session.Options{Now: clock.Now})
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := newHarness(t, harnessOpts{store: st, clock: clock, mutate: func(c *Config) {
+			c.BearerTokens[0].Audiences = []string{"my-api"}
+			if jwksDown {
+				c.BearerTokens[0].JWKSURL = "http://127.0.0.1:1/jwks"
+			}
+		}})
+		idToken := func(aud []string, exp time.Time) string {
+			claims := h.idp.claims(h.clock.Now())
+			claims["aud"], claims["exp"] = aud, exp.Unix()
+			return h.idp.token(t, claims)
+		}
+		soon := h.clock.Now().Add(10 * time.Minute)
+		for _, tc := range []struct {
+			name    string
+			token   string
+			revoked bool
+		}{
+			{"client and API audience", idToken([]string{h.idp.m.ClientID, "my-api"}, soon), true},
+			{"exp in the year 3000", idToken([]string{h.idp.m.ClientID, "my-api"}, time.Date(3000, 1, 1, 0, 0, 0, 0, time.UTC)), true},
+			{"the client alone", idToken([]string{h.idp.m.ClientID}, soon), false},
+			{"the API alone (no login client)", idToken([]string{"my-api"}, soon), false},
+		} {
+			if err := h.gw.revokeIDToken(context.Background(), tc.token); err != nil {
+				t.Fatalf("jwks down %v, %s: %v", jwksDown, tc.name, err)
+			}
+			_, err := st.Get(context.Background(), revokedIDTokenKey(tc.token))
+			if got := err == nil; got != tc.revoked {
+				t.Errorf("jwks down %v, %s: revoked %v (%v), want %v", jwksDown, tc.name, got, err, tc.revoked)
+			}
+		}
+	}
+}
+
 // TestRPInitiatedLogout: with an end_session endpoint the browser goes on
 // to the IdP with id_token_hint and post_logout_redirect_uri.
 func TestRPInitiatedLogout(t *testing.T) {

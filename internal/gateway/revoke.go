@@ -71,8 +71,14 @@ var idTokenAlgorithms = func() []jose.SignatureAlgorithm {
 	return out
 }()
 
+// maxRevocation bounds how long a revocation is kept, for a token whose
+// exp is absurdly far away.
+const maxRevocation = 100 * 365 * 24 * time.Hour
+
 // revokeIDToken revokes a signed-out session's ID token where it could
-// pass as a bearer token, until it could pass no more (its exp, the
+// pass as a bearer token (its iss a bearer issuer's, its aud naming one of
+// that issuer's login clients and one of its audiences), until it could
+// pass no more (its exp, the
 // issuer's leeway and a minute for clocks). The token is not verified
 // again: it comes from the gateway's own sealed session, verified at
 // login, and a check that failed now (the JWKS unreachable, keys rotated)
@@ -90,12 +96,16 @@ func (g *Gateway) revokeIDToken(ctx context.Context, raw string) error {
 		return nil // no exp: never a bearer token
 	}
 	bc, ok := g.bearerCfg[claims.Issuer]
-	if !ok || !namesLoginClient(bc, claims.Audience) {
-		return nil
+	if !ok || !namesLoginClient(bc, claims.Audience) || !slices.ContainsFunc(claims.Audience, func(a string) bool { return slices.Contains(bc.Audiences, a) }) {
+		return nil // no bearer issuer here would take it
 	}
+	now := g.now()
 	until := claims.Expiry.Time().Add(bc.Leeway + time.Minute)
-	if !until.After(g.now()) {
+	if !until.After(now) {
 		return nil // expired for good
+	}
+	if limit := now.Add(maxRevocation); until.After(limit) {
+		until = limit // an exp past 2262 would overflow the stores' nanoseconds
 	}
 	err = g.store.Create(ctx, session.Record{Key: revokedIDTokenKey(raw), ExpiresAt: until, Data: []byte{1}})
 	if errors.Is(err, session.ErrExists) {
