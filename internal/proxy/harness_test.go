@@ -118,6 +118,7 @@ type echoApp struct {
 	mu      sync.Mutex
 	last    *http.Request
 	release chan struct{} // /slow blocks until closed
+	hold    chan struct{} // a WebSocket to /public/silent neither reads nor writes until the test ends
 }
 
 type echoReply struct {
@@ -133,7 +134,8 @@ func startEcho(t *testing.T) *echoApp {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &echoApp{addr: ln.Addr().String(), release: make(chan struct{})}
+	e := &echoApp{addr: ln.Addr().String(), release: make(chan struct{}), hold: make(chan struct{})}
+	t.Cleanup(func() { close(e.hold) })
 	e.srv = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		e.mu.Lock()
 		e.last = r
@@ -146,6 +148,10 @@ func startEcho(t *testing.T) *echoApp {
 			defer conn.Close()
 			_, _ = brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
 			_ = brw.Flush()
+			if r.URL.Path == "/public/silent" {
+				<-e.hold
+				return
+			}
 			_, _ = io.Copy(conn, brw)
 			return
 		}

@@ -948,6 +948,38 @@ func TestIdleTunnelsClosed(t *testing.T) {
 		}
 		idleTunnelClosed(t, m, c, br, idle)
 	})
+	t.Run("websocket to an application that stopped reading", func(t *testing.T) {
+		// Closing the client's side alone would leave net/http's relay
+		// blocked on the application; its audit line is written when
+		// the relay ends.
+		c, err := net.Dial("tcp", m.api.Addr("permissive").String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+		_, _ = io.WriteString(c, "GET /public/silent HTTP/1.1\r\nHost: api\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+		if resp, err := http.ReadResponse(bufio.NewReader(c), nil); err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+			t.Fatalf("upgrade: %v %v", resp, err)
+		}
+		flood := make([]byte, 64<<10)
+		for {
+			if _, err := c.Write(flood); err != nil {
+				if isTimeout(err) {
+					t.Fatal("the tunnel to an application that stopped reading stayed open")
+				}
+				break
+			}
+		}
+		waitFor(t, 10*time.Second, "the relay to /public/silent to end", func() bool {
+			for _, r := range auditRecords(t, m.apiAudit) {
+				if r.Path == "/public/silent" {
+					return true
+				}
+			}
+			return false
+		})
+	})
 }
 
 // idleTunnelClosed talks over the echoing tunnel c for twice idle, then
