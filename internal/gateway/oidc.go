@@ -560,13 +560,16 @@ func (g *Gateway) serveHandoff(w http.ResponseWriter, r *http.Request) {
 		fail("no code")
 		return
 	}
-	bc, err := r.Cookie(g.handoffCookieName())
-	if err != nil || bc.Value == "" {
-		fail("no hand-off cookie: the login did not start in this browser")
-		return
-	}
-	g.clearCookie(w, r, g.handoffCookieName(), g.loginCookiePath())
+	// The code is used up before anything else is checked: one that a
+	// browser presented and was refused (a login an attacker's link
+	// started, bound to the attacker's cookie) must not stay redeemable
+	// for whoever holds that cookie and later reads the code from the
+	// victim's history or a front proxy's log.
 	sealed, err := g.store.TakeTicket(r.Context(), "handoff:"+hashString("handoff", code))
+	bc, cerr := r.Cookie(g.handoffCookieName())
+	if cerr == nil {
+		g.clearCookie(w, r, g.handoffCookieName(), g.loginCookiePath())
+	}
 	switch {
 	case errors.Is(err, session.ErrNotFound):
 		fail("unknown, expired or used code")
@@ -575,6 +578,10 @@ func (g *Gateway) serveHandoff(w http.ResponseWriter, r *http.Request) {
 		g.log.Error("session hand-off failed: session store unavailable", "err", err)
 		g.auditRefusal(r, "handoff", "", "session hand-off failed: session store unavailable", http.StatusServiceUnavailable)
 		g.errorPage(w, http.StatusServiceUnavailable, "Sign-in is unavailable", "Try again shortly.")
+		return
+	}
+	if cerr != nil || bc.Value == "" {
+		fail("no hand-off cookie: the login did not start in this browser")
 		return
 	}
 	raw, err := open(deriveID([]byte(code)).subkey("handoff"), sealed, "handoff")

@@ -631,6 +631,26 @@ func TestHandoffOnlyToServedHosts(t *testing.T) {
 	if r.StatusCode != http.StatusBadRequest || !strings.Contains(h.logs.String(), "issued to another browser") {
 		t.Fatalf("code with another browser's cookie: %d\n%s", r.StatusCode, h.logs)
 	}
+	// The other way round: the attacker's hand-off binding in a link the
+	// victim follows. The victim's login makes a code bound to the
+	// attacker's cookie; the victim's browser presents it without that
+	// cookie (refused), and that uses the code up, so the attacker cannot
+	// redeem it with the cookie later, should it leak (browser history, a
+	// front proxy's log).
+	attackerCookie, next := startOnApp()
+	victimsCode := codeFrom(follow(next))
+	if r := onHost("app.example.com", victimsCode); r.StatusCode != http.StatusBadRequest {
+		t.Fatalf("the victim's browser, no hand-off cookie: %d", r.StatusCode)
+	}
+	r = onHost("app.example.com", victimsCode, attackerCookie)
+	for _, c := range r.Cookies() {
+		if c.Name == h.gw.cookieName("corp") && c.MaxAge >= 0 {
+			t.Fatalf("a code refused once was redeemed later: %v", r.Cookies())
+		}
+	}
+	if r.StatusCode != http.StatusBadRequest {
+		t.Fatalf("a code refused once, presented again: %d", r.StatusCode)
+	}
 	// A good code while the session store is down: 503 (try again), not
 	// "expired".
 	cookie, next = startOnApp()
