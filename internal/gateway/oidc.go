@@ -450,18 +450,34 @@ func (g *Gateway) doRefresh(ctx context.Context, ls *liveSession) (*liveSession,
 		g.log.Warn("session refresh failed; keeping the session, retrying in 30s", "session", ls.id.ref(), "detail", oauthErr(err))
 		return cur, nil
 	}
+	// From here on the token endpoint has answered: a provider that
+	// rotates refresh tokens has spent the old one, so the new one must
+	// be saved whatever else goes wrong (replaying the old one would end
+	// the session, and with reuse detection revoke the user's grant).
 	var claims map[string]any
 	expiry := tok.Expiry
 	rawID, _ := tok.Extra("id_token").(string)
 	if rawID != "" {
 		idt, err := d.verifier.Verify(ctx, rawID)
-		if err != nil || idt.Subject != cur.data.Subject || idt.Issuer != cur.data.Issuer {
+		switch {
+		case err != nil:
+			// Most likely a key the JWKS cache has not caught up with:
+			// keep the identity the session has, save the new tokens, and
+			// refresh (and verify) again in a few minutes.
 			g.metrics.refreshes.WithLabelValues(p.cfg.Name, "error").Inc()
-			g.log.Warn("session refresh returned an unusable ID token; keeping the session", "session", ls.id.ref(), "err", err)
-			return cur, nil
+			g.log.Warn("session refresh returned an ID token that does not verify; keeping the session's identity, retrying in 5m", "session", ls.id.ref(), "err", err)
+			rawID, expiry = "", g.now().Add(5*time.Minute)
+		case idt.Subject != cur.data.Subject || idt.Issuer != cur.data.Issuer:
+			// A refresh that answers for someone else: end the session.
+			g.metrics.refreshes.WithLabelValues(p.cfg.Name, "revoked").Inc()
+			g.log.Warn("session refresh returned an ID token for another subject: session ended", "session", ls.id.ref())
+			_ = g.store.Delete(ctx, ls.id.key)
+			_, _ = g.store.TakeTicket(ctx, lock)
+			return nil, fmt.Errorf("%w: refresh answered for another subject", errNoSession)
+		default:
+			_ = idt.Claims(&claims)
+			expiry = idt.Expiry
 		}
-		_ = idt.Claims(&claims)
-		expiry = idt.Expiry
 	}
 	if expiry.IsZero() || expiry.Before(g.now()) || expiry.After(g.now().Add(24*time.Hour*365)) {
 		expiry = g.now().Add(5 * time.Minute)
@@ -477,7 +493,10 @@ func (g *Gateway) doRefresh(ctx context.Context, ls *liveSession) (*liveSession,
 		}
 		sd.TokenExpiry = expiry
 	}
-	for attempt := 0; attempt < 5; attempt++ {
+	// Concurrent requests update the session too (its idle expiry):
+	// retry on a conflict until the new tokens are in, or the session is
+	// gone (signed out meanwhile), for as long as the lock is ours.
+	for deadline := time.Now().Add(20 * time.Second); ; {
 		nd := *cur.data
 		apply(&nd)
 		sealed, err := cur.id.sealData(&nd)
@@ -487,13 +506,21 @@ func (g *Gateway) doRefresh(ctx context.Context, ls *liveSession) (*liveSession,
 		rec := cur.rec
 		rec.Data, rec.ExpiresAt = sealed, g.expiresAt(&nd)
 		next, err := g.store.Update(ctx, rec)
-		if errors.Is(err, session.ErrConflict) {
+		if errors.Is(err, session.ErrConflict) && time.Now().Before(deadline) {
 			if cur, err = g.reload(ctx, cur); err != nil {
+				_, _ = g.store.TakeTicket(ctx, lock)
 				return nil, err
 			}
 			continue
 		}
+		if errors.Is(err, session.ErrNotFound) {
+			_, _ = g.store.TakeTicket(ctx, lock)
+			return nil, fmt.Errorf("%w: session %s ended during its refresh", errNoSession, ls.id.ref())
+		}
 		if err != nil {
+			// The store is down (or the conflicts never ended): the new
+			// refresh token is lost, and the lock stays for its 30 s.
+			g.log.Error("session refresh: cannot save the new tokens", "session", ls.id.ref(), "err", err)
 			return nil, err
 		}
 		_, _ = g.store.TakeTicket(ctx, lock)
@@ -501,7 +528,6 @@ func (g *Gateway) doRefresh(ctx context.Context, ls *liveSession) (*liveSession,
 		g.log.Debug("session refreshed", "session", ls.id.ref(), "token_expiry", expiry)
 		return &liveSession{id: cur.id, rec: next, data: &nd}, nil
 	}
-	return cur, nil
 }
 
 func (g *Gateway) reload(ctx context.Context, ls *liveSession) (*liveSession, error) {

@@ -2,19 +2,26 @@ package gateway
 
 import (
 	"context"
+	"crypto/rand"
+	"crypto/rsa"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
+	"github.com/oauth2-proxy/mockoidc"
 
 	"github.com/trustmesh/trustmesh/internal/gateway/session"
 	"github.com/trustmesh/trustmesh/internal/gateway/session/sessiontest"
@@ -207,6 +214,139 @@ func TestRefresh(t *testing.T) {
 	h.advance(9 * time.Minute)
 	if r := h.get(c, "/z", nil); r.StatusCode != http.StatusOK || h.idp.refreshes.Load() != 2 {
 		t.Fatalf("second refresh: %d, %d refreshes", r.StatusCode, h.idp.refreshes.Load())
+	}
+}
+
+// rotatingIdP is a real mockoidc provider whose token endpoint answers
+// refresh grants itself, as providers that rotate refresh tokens do: each
+// refresh token works once (a replay gets invalid_grant), and each answer
+// carries a new one and an ID token made by idToken (the nth refresh).
+func rotatingIdP(t *testing.T, idToken func(m *mockoidc.MockOIDC, n int) string) (*idp, func() []string) {
+	t.Helper()
+	m, err := mockoidc.NewServer(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &idp{m: m, key: m.Keypair.PrivateKey}
+	var mu sync.Mutex
+	used := map[string]bool{}
+	var presented []string
+	_ = m.AddMiddleware(func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			_ = r.ParseForm()
+			if r.URL.Path != mockoidc.TokenEndpoint || r.PostForm.Get("grant_type") != "refresh_token" || r.PostForm.Get("client_secret") == "" {
+				next.ServeHTTP(w, r)
+				return
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			rt := r.PostForm.Get("refresh_token")
+			presented = append(presented, rt)
+			w.Header().Set("Content-Type", "application/json")
+			if used[rt] {
+				w.WriteHeader(http.StatusBadRequest)
+				_, _ = io.WriteString(w, `{"error":"invalid_grant","error_description":"refresh token reused"}`)
+				return
+			}
+			used[rt] = true
+			n := len(used)
+			b, _ := json.Marshal(map[string]any{"access_token": fmt.Sprint("at-", n), "token_type": "Bearer", "expires_in": 600,
+				"refresh_token": fmt.Sprint("rotated-", n), "id_token": idToken(m, n)})
+			_, _ = w.Write(b)
+		})
+	})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Start(ln, nil); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = m.Shutdown() })
+	p.kid, _ = m.Keypair.KeyID()
+	return p, func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(presented)
+	}
+}
+
+// TestRefreshKeepsRotatedToken: a refresh whose ID token does not verify
+// (here signed with a key the JWKS does not have yet: a key rotation
+// racing the cache) keeps the session's identity but saves the rotated
+// refresh token, so the next refresh presents the new one, not the spent
+// one (which would end the session). An ID token for another subject
+// ends the session.
+func TestRefreshKeepsRotatedToken(t *testing.T) {
+	foreign, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	claimsFor := func(m *mockoidc.MockOIDC, sub string) map[string]any {
+		now := m.Now()
+		return map[string]any{"iss": m.Issuer(), "sub": sub, "aud": m.ClientID, "iat": now.Unix(), "exp": now.Add(10 * time.Minute).Unix(), "groups": []string{"engineering"}}
+	}
+	var p *idp
+	p, presented := rotatingIdP(t, func(m *mockoidc.MockOIDC, n int) string {
+		if n == 1 {
+			return signJWT(t, jose.RS256, foreign, "a-new-key", claimsFor(m, "1234567890"))
+		}
+		return p.token(t, claimsFor(m, "1234567890"))
+	})
+	h := newHarness(t, harnessOpts{idp: p, mutate: func(c *Config) { c.Session.IdleTimeout.Raw = "1h" }})
+	c := h.login("/")
+	h.advance(9*time.Minute + 30*time.Second) // the first refresh: its ID token does not verify
+	if r := h.get(noFollow(c), "/a", nil); r.StatusCode != http.StatusOK {
+		t.Fatalf("after the first refresh: %d", r.StatusCode)
+	}
+	h.advance(5 * time.Minute) // due again (5 minutes for an unverified one) and past the 30 s lock
+	if r := h.get(noFollow(c), "/b", nil); r.StatusCode != http.StatusOK {
+		t.Fatalf("after the second refresh: %d %s", r.StatusCode, r.Header.Get("Location"))
+	}
+	if got := presented(); len(got) != 2 || got[1] != "rotated-1" {
+		t.Fatalf("refresh tokens presented: %q, want the original then rotated-1", got)
+	}
+
+	other, _ := rotatingIdP(t, func(m *mockoidc.MockOIDC, n int) string {
+		return signJWT(t, jose.RS256, m.Keypair.PrivateKey, "", claimsFor(m, "someone-else"))
+	})
+	other.kid, _ = other.m.Keypair.KeyID()
+	h = newHarness(t, harnessOpts{idp: other, mutate: func(c *Config) { c.Session.IdleTimeout.Raw = "1h" }})
+	c = h.login("/")
+	h.advance(9*time.Minute + 30*time.Second)
+	if r := h.get(noFollow(c), "/a", map[string]string{"Accept": "application/json"}); r.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("a refresh for another subject: %d", r.StatusCode)
+	}
+}
+
+// deleteOnUpdate ends every session just before its update lands: a
+// sign-out (on another replica) during a refresh.
+type deleteOnUpdate struct {
+	session.Store
+	on atomic.Bool
+}
+
+func (s *deleteOnUpdate) Update(ctx context.Context, r session.Record) (session.Record, error) {
+	if s.on.Load() {
+		_ = s.Store.Delete(ctx, r.Key)
+	}
+	return s.Store.Update(ctx, r)
+}
+
+// TestSignOutDuringRefresh: a session signed out while its refresh runs
+// is gone (401), not a store failure (503), and the refresh lock is given
+// back.
+func TestSignOutDuringRefresh(t *testing.T) {
+	st := &deleteOnUpdate{Store: session.NewMemory(session.Options{})}
+	h := newHarness(t, harnessOpts{store: st, mutate: func(c *Config) { c.Session.IdleTimeout.Raw = "1h" }})
+	c := h.login("/")
+	h.advance(9*time.Minute + 30*time.Second)
+	st.on.Store(true)
+	if r := h.get(noFollow(c), "/a", map[string]string{"Accept": "application/json"}); r.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("a session signed out during its refresh: %d", r.StatusCode)
+	}
+	if n := h.idp.refreshes.Load(); n != 1 {
+		t.Fatalf("%d refreshes", n)
 	}
 }
 
