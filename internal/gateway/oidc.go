@@ -401,10 +401,14 @@ func (g *Gateway) refreshSession(ctx context.Context, ls *liveSession) (*liveSes
 	return v.(*liveSession), nil
 }
 
+// refreshLockTTL is how long one replica holds a session's refresh.
+const refreshLockTTL = 30 * time.Second
+
 func (g *Gateway) doRefresh(ctx context.Context, ls *liveSession) (*liveSession, error) {
 	lock := "refresh:" + ls.id.key
 	p := g.providers[ls.data.Provider]
-	err := g.store.PutTicket(ctx, lock, []byte(g.instance), 30*time.Second)
+	err := g.store.PutTicket(ctx, lock, []byte(g.instance), refreshLockTTL)
+	lockedUntil := time.Now().Add(refreshLockTTL - 5*time.Second) // (a margin for the store's clock)
 	if errors.Is(err, session.ErrExists) {
 		// Another replica is refreshing (or failed within 30 s): the session
 		// as stored is what this request gets.
@@ -495,8 +499,9 @@ func (g *Gateway) doRefresh(ctx context.Context, ls *liveSession) (*liveSession,
 	}
 	// Concurrent requests update the session too (its idle expiry):
 	// retry on a conflict until the new tokens are in, or the session is
-	// gone (signed out meanwhile), for as long as the lock is ours.
-	for deadline := time.Now().Add(20 * time.Second); ; {
+	// gone (signed out meanwhile), for as long as the lock is ours (after
+	// that another replica may refresh with the spent token anyway).
+	for {
 		nd := *cur.data
 		apply(&nd)
 		sealed, err := cur.id.sealData(&nd)
@@ -506,7 +511,7 @@ func (g *Gateway) doRefresh(ctx context.Context, ls *liveSession) (*liveSession,
 		rec := cur.rec
 		rec.Data, rec.ExpiresAt = sealed, g.expiresAt(&nd)
 		next, err := g.store.Update(ctx, rec)
-		if errors.Is(err, session.ErrConflict) && time.Now().Before(deadline) {
+		if errors.Is(err, session.ErrConflict) && time.Now().Before(lockedUntil) {
 			if cur, err = g.reload(ctx, cur); err != nil {
 				_, _ = g.store.TakeTicket(ctx, lock)
 				return nil, err
