@@ -294,7 +294,7 @@ func (g *Gateway) callback(w http.ResponseWriter, r *http.Request) {
 	g.clearCookie(w, r, g.csrfCookieName(), g.loginCookiePath())
 	setPageHeaders(w)
 	target := ls.RD
-	if u, err := url.Parse(target); err == nil && ls.HandoffBinding != "" && !g.coveredByCookie(u.Host) && g.servesHost(strings.ToLower(u.Hostname())) {
+	if u, err := url.Parse(target); err == nil && ls.HandoffBinding != "" && !g.coveredByCookie(u.Host) && g.servesHost(strings.ToLower(u.Hostname())) && g.handoffPort(u) {
 		// Another host of ours, where this login started: hand the session
 		// over with a one-time code bound to that host's cookie. (A host
 		// that is only in allowed_redirect_domains gets the browser, never
@@ -404,11 +404,35 @@ func (g *Gateway) refreshSession(ctx context.Context, ls *liveSession) (*liveSes
 // refreshLockTTL is how long one replica holds a session's refresh.
 const refreshLockTTL = 30 * time.Second
 
+// maxUnverifiedIdentity bounds how long a session lives on an identity
+// that refreshes can no longer confirm (their ID tokens do not verify).
+const maxUnverifiedIdentity = time.Hour
+
+// endOnRefresh ends a session whose refresh showed it must not go on, and
+// says why in the log and the audit log.
+func (g *Gateway) endOnRefresh(ctx context.Context, cur *liveSession, p *oidcProvider, lock, reason string) error {
+	g.metrics.refreshes.WithLabelValues(p.cfg.Name, "revoked").Inc()
+	g.log.Warn("session ended: "+reason, "session", cur.id.ref())
+	_ = g.store.Delete(ctx, cur.id.key)
+	_, _ = g.store.TakeTicket(ctx, lock)
+	g.audit.write(&accesslog.Record{
+		Event: "logout", Direction: "inbound", Listener: "gateway", Protocol: "http", SourcePrincipal: cur.data.Issuer + "/" + cur.data.Subject,
+		Decision: "deny", Reason: "session ended: " + reason,
+		Authenticated: false, User: cur.data.User, AuthMethod: "session", IdP: p.cfg.Name, Session: cur.id.ref(), Mode: "refresh",
+	})
+	return fmt.Errorf("%w: %s", errNoSession, reason)
+}
+
 func (g *Gateway) doRefresh(ctx context.Context, ls *liveSession) (*liveSession, error) {
 	lock := "refresh:" + ls.id.key
 	p := g.providers[ls.data.Provider]
 	err := g.store.PutTicket(ctx, lock, []byte(g.instance), refreshLockTTL)
+	// Everything from here, the provider's answer and the save included,
+	// must be done while the lock is ours: after it, another replica may
+	// refresh with the refresh token this one is about to replace.
 	lockedUntil := time.Now().Add(refreshLockTTL - 5*time.Second) // (a margin for the store's clock)
+	ctx, cancelLocked := context.WithDeadline(ctx, lockedUntil)
+	defer cancelLocked()
 	if errors.Is(err, session.ErrExists) {
 		// Another replica is refreshing (or failed within 30 s): the session
 		// as stored is what this request gets.
@@ -464,20 +488,19 @@ func (g *Gateway) doRefresh(ctx context.Context, ls *liveSession) (*liveSession,
 	if rawID != "" {
 		idt, err := d.verifier.Verify(ctx, rawID)
 		switch {
+		case err != nil && !cur.data.UnverifiedSince.IsZero() && g.now().Sub(cur.data.UnverifiedSince) > maxUnverifiedIdentity:
+			return nil, g.endOnRefresh(ctx, cur, p, lock, "refresh ID tokens have not verified for "+maxUnverifiedIdentity.String())
 		case err != nil:
-			// Most likely a key the JWKS cache has not caught up with:
-			// keep the identity the session has, save the new tokens, and
-			// refresh (and verify) again in a few minutes.
+			// A key rotation the provider's JWKS does not show yet, or a
+			// JWKS outage: keep the identity the session has (nothing
+			// from this token is used), save the new tokens, and refresh
+			// (and verify) again in a few minutes, for at most
+			// maxUnverifiedIdentity.
 			g.metrics.refreshes.WithLabelValues(p.cfg.Name, "error").Inc()
 			g.log.Warn("session refresh returned an ID token that does not verify; keeping the session's identity, retrying in 5m", "session", ls.id.ref(), "err", err)
 			rawID, expiry = "", g.now().Add(5*time.Minute)
 		case idt.Subject != cur.data.Subject || idt.Issuer != cur.data.Issuer:
-			// A refresh that answers for someone else: end the session.
-			g.metrics.refreshes.WithLabelValues(p.cfg.Name, "revoked").Inc()
-			g.log.Warn("session refresh returned an ID token for another subject: session ended", "session", ls.id.ref())
-			_ = g.store.Delete(ctx, ls.id.key)
-			_, _ = g.store.TakeTicket(ctx, lock)
-			return nil, fmt.Errorf("%w: refresh answered for another subject", errNoSession)
+			return nil, g.endOnRefresh(ctx, cur, p, lock, "refresh answered with an ID token for another subject")
 		default:
 			_ = idt.Claims(&claims)
 			expiry = idt.Expiry
@@ -494,6 +517,9 @@ func (g *Gateway) doRefresh(ctx context.Context, ls *liveSession) (*liveSession,
 		if rawID != "" {
 			sd.IDToken = rawID
 			fillFromClaims(sd, claims, p.cfg)
+			sd.UnverifiedSince = time.Time{}
+		} else if tok.Extra("id_token") != nil && sd.UnverifiedSince.IsZero() {
+			sd.UnverifiedSince = g.now()
 		}
 		sd.TokenExpiry = expiry
 	}
@@ -501,7 +527,9 @@ func (g *Gateway) doRefresh(ctx context.Context, ls *liveSession) (*liveSession,
 	// retry on a conflict until the new tokens are in, or the session is
 	// gone (signed out meanwhile), for as long as the lock is ours (after
 	// that another replica may refresh with the spent token anyway).
-	for {
+	// A store error is retried too (with a growing pause), while the lock
+	// holds: a lost rotated refresh token ends the session.
+	for attempt := 1; ; attempt++ {
 		nd := *cur.data
 		apply(&nd)
 		sealed, err := cur.id.sealData(&nd)
@@ -511,20 +539,32 @@ func (g *Gateway) doRefresh(ctx context.Context, ls *liveSession) (*liveSession,
 		rec := cur.rec
 		rec.Data, rec.ExpiresAt = sealed, g.expiresAt(&nd)
 		next, err := g.store.Update(ctx, rec)
-		if errors.Is(err, session.ErrConflict) && time.Now().Before(lockedUntil) {
-			if cur, err = g.reload(ctx, cur); err != nil {
-				_, _ = g.store.TakeTicket(ctx, lock)
-				return nil, err
+		if errors.Is(err, session.ErrConflict) {
+			switch newer, rerr := g.reload(ctx, cur); {
+			case errors.Is(rerr, errNoSession):
+				_, _ = g.store.TakeTicket(context.WithoutCancel(ctx), lock)
+				return nil, rerr
+			case rerr != nil:
+				err = rerr // the store failed: retried like any store error
+			default:
+				cur = newer
 			}
-			continue
 		}
 		if errors.Is(err, session.ErrNotFound) {
-			_, _ = g.store.TakeTicket(ctx, lock)
+			_, _ = g.store.TakeTicket(context.WithoutCancel(ctx), lock)
 			return nil, fmt.Errorf("%w: session %s ended during its refresh", errNoSession, ls.id.ref())
 		}
 		if err != nil {
-			// The store is down (or the conflicts never ended): the new
-			// refresh token is lost, and the lock stays for its 30 s.
+			pause := min(time.Duration(attempt)*10*time.Millisecond, 200*time.Millisecond)
+			if errors.Is(err, session.ErrConflict) && attempt <= 3 {
+				pause = 0 // a newer record is loaded: apply to it at once
+			}
+			if time.Now().Add(pause).Before(lockedUntil) {
+				time.Sleep(pause)
+				continue
+			}
+			// The store stayed down (or the conflicts never ended) for as
+			// long as the lock held: the new refresh token is lost.
 			g.log.Error("session refresh: cannot save the new tokens", "session", ls.id.ref(), "err", err)
 			return nil, err
 		}
@@ -568,6 +608,23 @@ func (g *Gateway) handoff(ctx context.Context, id sessionID, provider string, rd
 	return u.String(), nil
 }
 
+// handoffPort: u's port is one the gateway's hosts are served on (none
+// given, the scheme's default, or external_url's). The code travels in
+// the URL it is sent to; rd comes from a URL too, and a port that nothing
+// of ours answers on would leave the code unspent in the browser's
+// history (or in the log of whatever does answer there) instead of used
+// up by the gateway.
+func (g *Gateway) handoffPort(u *url.URL) bool {
+	switch port := u.Port(); {
+	case port == "", port == g.set.ExternalURL.Port():
+		return true
+	case u.Scheme == "https":
+		return port == "443"
+	default:
+		return port == "80"
+	}
+}
+
 type handoffTicket struct {
 	Secret   string `json:"secret"`
 	Provider string `json:"provider"`
@@ -598,7 +655,8 @@ func (g *Gateway) serveHandoff(w http.ResponseWriter, r *http.Request) {
 	// victim's history or a front proxy's log.
 	sealed, err := g.store.TakeTicket(r.Context(), "handoff:"+hashString("handoff", code))
 	bc, cerr := r.Cookie(g.handoffCookieName())
-	if cerr == nil {
+	if cerr == nil && (err == nil || errors.Is(err, session.ErrNotFound)) {
+		// (Kept while the store is down: the 503 says try again.)
 		g.clearCookie(w, r, g.handoffCookieName(), g.loginCookiePath())
 	}
 	switch {

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -288,8 +289,10 @@ func TestRefreshKeepsRotatedToken(t *testing.T) {
 	}
 	var p *idp
 	p, presented := rotatingIdP(t, func(m *mockoidc.MockOIDC, n int) string {
-		if n == 1 {
-			return signJWT(t, jose.RS256, foreign, "a-new-key", claimsFor(m, "1234567890"))
+		if n == 1 { // claims that must not reach the session
+			claims := claimsFor(m, "1234567890")
+			claims["groups"] = []string{"engineering", "admins"}
+			return signJWT(t, jose.RS256, foreign, "a-new-key", claims)
 		}
 		return p.token(t, claimsFor(m, "1234567890"))
 	})
@@ -299,12 +302,38 @@ func TestRefreshKeepsRotatedToken(t *testing.T) {
 	if r := h.get(noFollow(c), "/a", nil); r.StatusCode != http.StatusOK {
 		t.Fatalf("after the first refresh: %d", r.StatusCode)
 	}
+	if g := h.up.header().Get("X-Auth-Request-Groups"); strings.Contains(g, "admins") {
+		t.Fatalf("an unverified ID token's groups reached the session: %q", g)
+	}
 	h.advance(5 * time.Minute) // due again (5 minutes for an unverified one) and past the 30 s lock
 	if r := h.get(noFollow(c), "/b", nil); r.StatusCode != http.StatusOK {
 		t.Fatalf("after the second refresh: %d %s", r.StatusCode, r.Header.Get("Location"))
 	}
 	if got := presented(); len(got) != 2 || got[1] != "rotated-1" {
 		t.Fatalf("refresh tokens presented: %q, want the original then rotated-1", got)
+	}
+
+	// Refreshes whose ID tokens never verify keep the session for at most
+	// maxUnverifiedIdentity.
+	never, _ := rotatingIdP(t, func(m *mockoidc.MockOIDC, n int) string {
+		return signJWT(t, jose.RS256, foreign, "a-new-key", claimsFor(m, "1234567890"))
+	})
+	h = newHarness(t, harnessOpts{idp: never, mutate: func(c *Config) { c.Session.IdleTimeout.Raw = "1h" }})
+	c = h.login("/")
+	h.advance(9*time.Minute + 30*time.Second)
+	start := h.clock.Now()
+	for h.clock.Now().Sub(start) < maxUnverifiedIdentity-5*time.Minute {
+		if r := h.get(noFollow(c), "/a", map[string]string{"Accept": "application/json"}); r.StatusCode != http.StatusOK {
+			t.Fatalf("%v after the first unverified refresh: %d", h.clock.Now().Sub(start), r.StatusCode)
+		}
+		h.advance(5 * time.Minute)
+	}
+	h.advance(10 * time.Minute)
+	if r := h.get(noFollow(c), "/a", map[string]string{"Accept": "application/json"}); r.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("past %v of unverified refreshes: %d", maxUnverifiedIdentity, r.StatusCode)
+	}
+	if a := h.lastAudit("logout"); !strings.Contains(fmt.Sprint(a["reason"]), "have not verified") {
+		t.Fatalf("audit: %v", a)
 	}
 
 	other, _ := rotatingIdP(t, func(m *mockoidc.MockOIDC, n int) string {
@@ -344,6 +373,13 @@ func TestSignOutDuringRefresh(t *testing.T) {
 	st.on.Store(true)
 	if r := h.get(noFollow(c), "/a", map[string]string{"Accept": "application/json"}); r.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("a session signed out during its refresh: %d", r.StatusCode)
+	}
+	id, ok := parseSessionCookie(sessionCookie(c, h.url, DefaultCookieName).Value)
+	if !ok {
+		t.Fatal("no session cookie")
+	}
+	if _, err := st.TakeTicket(context.Background(), "refresh:"+id.key); !errors.Is(err, session.ErrNotFound) {
+		t.Fatalf("the refresh lock was kept: %v", err)
 	}
 	if n := h.idp.refreshes.Load(); n != 1 {
 		t.Fatalf("%d refreshes", n)
@@ -791,15 +827,25 @@ func TestHandoffOnlyToServedHosts(t *testing.T) {
 	if r.StatusCode != http.StatusBadRequest {
 		t.Fatalf("a code refused once, presented again: %d", r.StatusCode)
 	}
+	// An rd on a port none of the gateway's hosts is served on gets the
+	// browser, not a code: the code would sit unspent in the history of a
+	// browser that could not reach it.
+	r = onHost("app.example.com", "/oauth2/start?rd="+url.QueryEscape("https://app.example.com:1/y"))
+	if loc := follow(r.Header.Get("Location")); loc.Query().Get("code") != "" || loc.String() != "https://app.example.com:1/y" {
+		t.Fatalf("a hand-off to an odd port: %s", loc)
+	}
 	// A good code while the session store is down: 503 (try again), not
-	// "expired".
+	// "expired"; the cookie stays, so trying again works.
 	cookie, next = startOnApp()
 	handoff = codeFrom(follow(next))
 	st.down.Store(true)
-	if r := onHost("app.example.com", handoff, cookie); r.StatusCode != http.StatusServiceUnavailable {
-		t.Fatalf("hand-off with the store down: %d", r.StatusCode)
+	if r := onHost("app.example.com", handoff, cookie); r.StatusCode != http.StatusServiceUnavailable || len(r.Cookies()) != 0 {
+		t.Fatalf("hand-off with the store down: %d %v", r.StatusCode, r.Cookies())
 	}
 	st.down.Store(false)
+	if r := onHost("app.example.com", handoff, cookie); r.StatusCode != http.StatusFound {
+		t.Fatalf("hand-off tried again once the store is back: %d", r.StatusCode)
+	}
 }
 
 // TestLoginStartsLimitedPerClient: every login started is a pending ticket

@@ -44,7 +44,11 @@ type sessionData struct {
 	AccessToken       string         `json:"access_token,omitempty"`
 	RefreshToken      string         `json:"refresh_token,omitempty"`
 	TokenExpiry       time.Time      `json:"token_expiry"`
-	CreatedAt         time.Time      `json:"created_at"`
+	// UnverifiedSince is when refreshes began returning ID tokens that do
+	// not verify (zero: the last one did); the session's identity is that
+	// old, and it ends after maxUnverifiedIdentity.
+	UnverifiedSince time.Time `json:"unverified_since,omitzero"`
+	CreatedAt       time.Time `json:"created_at"`
 	LastSeen          time.Time      `json:"last_seen"`
 }
 
