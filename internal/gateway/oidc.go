@@ -294,7 +294,7 @@ func (g *Gateway) callback(w http.ResponseWriter, r *http.Request) {
 	g.clearCookie(w, r, g.csrfCookieName(), g.loginCookiePath())
 	setPageHeaders(w)
 	target := ls.RD
-	if u, err := url.Parse(target); err == nil && ls.HandoffBinding != "" && !g.coveredByCookie(u.Host) && g.servesHost(strings.ToLower(u.Hostname())) && g.handoffPort(u) {
+	if u, err := url.Parse(target); err == nil && ls.HandoffBinding != "" && !g.coveredByCookie(u.Host) && g.servesHost(strings.ToLower(u.Hostname())) {
 		// Another host of ours, where this login started: hand the session
 		// over with a one-time code bound to that host's cookie. (A host
 		// that is only in allowed_redirect_domains gets the browser, never
@@ -401,8 +401,12 @@ func (g *Gateway) refreshSession(ctx context.Context, ls *liveSession) (*liveSes
 	return v.(*liveSession), nil
 }
 
-// refreshLockTTL is how long one replica holds a session's refresh.
-const refreshLockTTL = 30 * time.Second
+// refreshLockTTL is how long one replica holds a session's refresh;
+// saveReserve of it is kept for saving what the provider answered.
+const (
+	refreshLockTTL = 30 * time.Second
+	saveReserve    = 8 * time.Second
+)
 
 // maxUnverifiedIdentity bounds how long a session lives on an identity
 // that refreshes can no longer confirm (their ID tokens do not verify).
@@ -413,6 +417,7 @@ const maxUnverifiedIdentity = time.Hour
 func (g *Gateway) endOnRefresh(ctx context.Context, cur *liveSession, p *oidcProvider, lock, reason string) error {
 	g.metrics.refreshes.WithLabelValues(p.cfg.Name, "revoked").Inc()
 	g.log.Warn("session ended: "+reason, "session", cur.id.ref())
+	ctx = context.WithoutCancel(ctx) // (the refresh's deadline may have passed)
 	_ = g.store.Delete(ctx, cur.id.key)
 	_, _ = g.store.TakeTicket(ctx, lock)
 	g.audit.write(&accesslog.Record{
@@ -433,6 +438,10 @@ func (g *Gateway) doRefresh(ctx context.Context, ls *liveSession) (*liveSession,
 	lockedUntil := time.Now().Add(refreshLockTTL - 5*time.Second) // (a margin for the store's clock)
 	ctx, cancelLocked := context.WithDeadline(ctx, lockedUntil)
 	defer cancelLocked()
+	// The provider gets the lock's time but saveReserve: saving what it
+	// answered must not find the time used up.
+	fetchCtx, cancelFetch := context.WithDeadline(ctx, lockedUntil.Add(-saveReserve))
+	defer cancelFetch()
 	if errors.Is(err, session.ErrExists) {
 		// Another replica is refreshing (or failed within 30 s): the session
 		// as stored is what this request gets.
@@ -450,13 +459,13 @@ func (g *Gateway) doRefresh(ctx context.Context, ls *liveSession) (*liveSession,
 		_, _ = g.store.TakeTicket(ctx, lock)
 		return cur, nil // refreshed meanwhile
 	}
-	d, err := p.get(ctx)
+	d, err := p.get(fetchCtx)
 	if err != nil {
 		g.metrics.refreshes.WithLabelValues(p.cfg.Name, "error").Inc()
 		g.log.Warn("session refresh: identity provider unavailable; keeping the session", "session", ls.id.ref(), "err", err)
 		return cur, nil
 	}
-	rctx, cancel := context.WithTimeout(oidc.ClientContext(ctx, g.httpClient), 15*time.Second)
+	rctx, cancel := context.WithTimeout(oidc.ClientContext(fetchCtx, g.httpClient), 15*time.Second)
 	defer cancel()
 	tok, err := d.oauth.TokenSource(rctx, &oauth2.Token{RefreshToken: cur.data.RefreshToken, Expiry: time.Unix(1, 0)}).Token()
 	if err != nil {
@@ -483,12 +492,16 @@ func (g *Gateway) doRefresh(ctx context.Context, ls *liveSession) (*liveSession,
 	// be saved whatever else goes wrong (replaying the old one would end
 	// the session, and with reuse detection revoke the user's grant).
 	var claims map[string]any
+	var timedOut bool
 	expiry := tok.Expiry
 	rawID, _ := tok.Extra("id_token").(string)
 	if rawID != "" {
-		idt, err := d.verifier.Verify(ctx, rawID)
+		idt, err := d.verifier.Verify(fetchCtx, rawID)
+		// (Out of time for the check is no verdict on the token: it
+		// neither counts towards maxUnverifiedIdentity nor ends anything.)
+		timedOut = err != nil && fetchCtx.Err() != nil
 		switch {
-		case err != nil && !cur.data.UnverifiedSince.IsZero() && g.now().Sub(cur.data.UnverifiedSince) > maxUnverifiedIdentity:
+		case err != nil && !timedOut && !cur.data.UnverifiedSince.IsZero() && g.now().Sub(cur.data.UnverifiedSince) > maxUnverifiedIdentity:
 			return nil, g.endOnRefresh(ctx, cur, p, lock, "refresh ID tokens have not verified for "+maxUnverifiedIdentity.String())
 		case err != nil:
 			// A key rotation the provider's JWKS does not show yet, or a
@@ -514,11 +527,16 @@ func (g *Gateway) doRefresh(ctx context.Context, ls *liveSession) (*liveSession,
 		if tok.RefreshToken != "" {
 			sd.RefreshToken = tok.RefreshToken
 		}
-		if rawID != "" {
+		switch {
+		case rawID != "":
 			sd.IDToken = rawID
 			fillFromClaims(sd, claims, p.cfg)
 			sd.UnverifiedSince = time.Time{}
-		} else if tok.Extra("id_token") != nil && sd.UnverifiedSince.IsZero() {
+		case tok.Extra("id_token") == nil:
+			// The provider sends no ID token on refresh: nothing failed
+			// to verify, and it still honours the grant.
+			sd.UnverifiedSince = time.Time{}
+		case !timedOut && sd.UnverifiedSince.IsZero():
 			sd.UnverifiedSince = g.now()
 		}
 		sd.TokenExpiry = expiry
@@ -568,7 +586,7 @@ func (g *Gateway) doRefresh(ctx context.Context, ls *liveSession) (*liveSession,
 			g.log.Error("session refresh: cannot save the new tokens", "session", ls.id.ref(), "err", err)
 			return nil, err
 		}
-		_, _ = g.store.TakeTicket(ctx, lock)
+		_, _ = g.store.TakeTicket(context.WithoutCancel(ctx), lock)
 		g.metrics.refreshes.WithLabelValues(p.cfg.Name, "ok").Inc()
 		g.log.Debug("session refreshed", "session", ls.id.ref(), "token_expiry", expiry)
 		return &liveSession{id: cur.id, rec: next, data: &nd}, nil
@@ -606,23 +624,6 @@ func (g *Gateway) handoff(ctx context.Context, id sessionID, provider string, rd
 	}
 	u := url.URL{Scheme: rd.Scheme, Host: rd.Host, Path: "/oauth2/handoff", RawQuery: url.Values{"code": {code}}.Encode()}
 	return u.String(), nil
-}
-
-// handoffPort: u's port is one the gateway's hosts are served on (none
-// given, the scheme's default, or external_url's). The code travels in
-// the URL it is sent to; rd comes from a URL too, and a port that nothing
-// of ours answers on would leave the code unspent in the browser's
-// history (or in the log of whatever does answer there) instead of used
-// up by the gateway.
-func (g *Gateway) handoffPort(u *url.URL) bool {
-	switch port := u.Port(); {
-	case port == "", port == g.set.ExternalURL.Port():
-		return true
-	case u.Scheme == "https":
-		return port == "443"
-	default:
-		return port == "80"
-	}
 }
 
 type handoffTicket struct {

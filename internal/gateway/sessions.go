@@ -49,7 +49,7 @@ type sessionData struct {
 	// old, and it ends after maxUnverifiedIdentity.
 	UnverifiedSince time.Time `json:"unverified_since,omitzero"`
 	CreatedAt       time.Time `json:"created_at"`
-	LastSeen          time.Time      `json:"last_seen"`
+	LastSeen        time.Time `json:"last_seen"`
 }
 
 const cookieSecretLen = 32
