@@ -92,16 +92,22 @@ func startIdP(t *testing.T) *idp {
 			next.ServeHTTP(w, r)
 		})
 	})
+	serveIdP(t, p)
+	return p
+}
+
+// serveIdP starts p's provider on a loopback port until the test ends.
+func serveIdP(t *testing.T, p *idp) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := m.Start(ln, nil); err != nil {
+	if err := p.m.Start(ln, nil); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = m.Shutdown() })
-	p.kid, _ = m.Keypair.KeyID()
-	return p
+	t.Cleanup(func() { _ = p.m.Shutdown() })
+	p.kid, _ = p.m.Keypair.KeyID()
 }
 
 // token signs claims with the IdP's key (or another alg/key for attacks).

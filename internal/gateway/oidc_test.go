@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -256,15 +255,7 @@ func rotatingIdP(t *testing.T, idToken func(m *mockoidc.MockOIDC, n int) string)
 			_, _ = w.Write(b)
 		})
 	})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := m.Start(ln, nil); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = m.Shutdown() })
-	p.kid, _ = m.Keypair.KeyID()
+	serveIdP(t, p)
 	return p, func() []string {
 		mu.Lock()
 		defer mu.Unlock()
