@@ -330,7 +330,6 @@ func TestRefreshKeepsRotatedToken(t *testing.T) {
 	other, _ := rotatingIdP(t, func(m *mockoidc.MockOIDC, n int) string {
 		return signJWT(t, jose.RS256, m.Keypair.PrivateKey, "", claimsFor(m, "someone-else"))
 	})
-	other.kid, _ = other.m.Keypair.KeyID()
 	h = newHarness(t, harnessOpts{idp: other, mutate: func(c *Config) { c.Session.IdleTimeout.Raw = "1h" }})
 	c = h.login("/")
 	h.advance(9*time.Minute + 30*time.Second)
