@@ -619,12 +619,17 @@ func (g *Gateway) handoff(ctx context.Context, id sessionID, provider string, rd
 	if err != nil {
 		return "", err
 	}
-	if err := g.store.PutTicket(ctx, "handoff:"+hashString("handoff", code), sealed, time.Minute); err != nil {
+	if err := g.store.PutTicket(ctx, "handoff:"+hashString("handoff", code), sealed, handoffTTL); err != nil {
 		return "", err
 	}
 	u := url.URL{Scheme: rd.Scheme, Host: rd.Host, Path: "/oauth2/handoff", RawQuery: url.Values{"code": {code}}.Encode()}
 	return u.String(), nil
 }
+
+// handoffTTL is how long a hand-off code is good for: the callback's
+// redirect is followed at once, and the shorter the life of a code, the
+// shorter that of one left in a browser's history.
+const handoffTTL = 20 * time.Second
 
 type handoffTicket struct {
 	Secret   string `json:"secret"`
