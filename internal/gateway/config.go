@@ -153,6 +153,10 @@ type RouteConfig struct {
 	// Bearer accepts bearer JWTs on this route (default true when
 	// bearer_tokens are configured).
 	Bearer *bool `yaml:"bearer"`
+	// Origin is where browsers reach this route's host (scheme://host, a
+	// port if not the scheme's): the only place a session hand-off code is
+	// sent. Default: external_url's scheme and port with the route's host.
+	Origin string `yaml:"origin"`
 }
 
 // AllowConfig: the lists are ORed within a key and ANDed across keys; an
@@ -292,6 +296,7 @@ type Route struct {
 	UpstreamCAFile  string
 	PreserveHost    bool
 	Bearer          bool
+	Origin          string // normalized (normalOrigin); "" the default
 }
 
 // LoadSettings decodes the file at path, applies override and validates,
@@ -690,6 +695,21 @@ func (c Config) Resolve() (Settings, error) {
 				add("%s.host %q: want a host name, or *.domain for its subdomains", key, r.Host)
 			}
 		}
+		if r.Origin != "" {
+			u, err := url.Parse(r.Origin)
+			switch {
+			case err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.User != nil || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "":
+				add("%s.origin %q: want scheme://host or scheme://host:port (http or https, nothing after)", key, r.Origin)
+			case out.Host == "" || strings.HasPrefix(out.Host, "*."):
+				add("%s.origin: only for a route with one host", key)
+			case hostOnly(u.Host) != out.Host:
+				add("%s.origin %q: its host is not the route's %q", key, r.Origin, out.Host)
+			case u.Scheme == "http" && s.ExternalURL != nil && s.ExternalURL.Scheme == "https" && !isLoopbackHost(out.Host):
+				add("%s.origin %q: plain http under an https external_url", key, r.Origin)
+			default:
+				out.Origin = normalOrigin(u)
+			}
+		}
 		if !strings.HasPrefix(out.PathPrefix, "/") {
 			add("%s.path_prefix %q: must start with /", key, r.PathPrefix)
 		} else if np, err := policy.NormalizePath(out.PathPrefix); err != nil || (np != out.PathPrefix && np+"/" != out.PathPrefix) {
@@ -830,6 +850,22 @@ func orDefault(v, def string) string {
 }
 
 // hostOnly strips a port from a Host header value and lowercases it.
+// normalOrigin is u's origin as one string: scheme and host lowercase, the
+// port only when it is not the scheme's default.
+func normalOrigin(u *url.URL) string {
+	scheme, host, port := strings.ToLower(u.Scheme), hostOnly(u.Host), u.Port()
+	if (scheme == "https" && port == "443") || (scheme == "http" && port == "80") {
+		port = ""
+	}
+	if port != "" {
+		return scheme + "://" + net.JoinHostPort(host, port)
+	}
+	if strings.Contains(host, ":") { // IPv6
+		host = "[" + host + "]"
+	}
+	return scheme + "://" + host
+}
+
 func hostOnly(h string) string {
 	if host, _, err := net.SplitHostPort(h); err == nil {
 		h = host

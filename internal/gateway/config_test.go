@@ -147,3 +147,35 @@ func TestBearerAudienceOfLoginClientWarns(t *testing.T) {
 		}
 	}
 }
+
+// TestRouteOrigin: a route's origin names its own host, over http(s),
+// with nothing after; it is kept normalized (default port dropped).
+func TestRouteOrigin(t *testing.T) {
+	for _, tc := range []struct {
+		host, origin, want string
+		ok                 bool
+	}{
+		{"app.example.com", "https://app.example.com", "https://app.example.com", true},
+		{"app.example.com", "https://APP.example.com:443/", "https://app.example.com", true},
+		{"app.example.com", "https://app.example.com:8443", "https://app.example.com:8443", true},
+		{"app.localhost", "http://app.localhost:4180", "http://app.localhost:4180", false}, // not loopback: app.localhost is a name
+		{"127.0.0.1", "http://127.0.0.1:4180", "http://127.0.0.1:4180", true},
+		{"app.example.com", "https://other.example.com", "", false},
+		{"app.example.com", "https://app.example.com/path", "", false},
+		{"app.example.com", "ftp://app.example.com", "", false},
+		{"app.example.com", "http://app.example.com", "", false}, // http under an https external_url
+		{"*.example.com", "https://a.example.com", "", false},
+		{"", "https://app.example.com", "", false},
+	} {
+		c := minimalConfig()
+		c.Routes[0].Host, c.Routes[0].Origin = tc.host, tc.origin
+		set, err := c.Resolve()
+		if tc.ok != (err == nil) {
+			t.Errorf("host %q origin %q: %v", tc.host, tc.origin, err)
+			continue
+		}
+		if err == nil && set.Routes[0].Origin != tc.want {
+			t.Errorf("host %q origin %q: kept as %q, want %q", tc.host, tc.origin, set.Routes[0].Origin, tc.want)
+		}
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -300,6 +301,18 @@ func (g *Gateway) callback(w http.ResponseWriter, r *http.Request) {
 		// that is only in allowed_redirect_domains gets the browser, never
 		// the session; a login started here for another host sends the
 		// browser there, and that host starts its own bound login.)
+		//
+		// Only to the host's origin: rd comes from a URL, and a port
+		// nothing of ours answers on would leave the code unspent in the
+		// browser's history, for whoever holds the hand-off cookie (an
+		// attacker's, whose link started this login). Not sent on to rd
+		// either, which would start the login again, and again.
+		if want := g.handoffOrigin(hostOnly(u.Host)); normalOrigin(u) != want {
+			g.log.Warn("session hand-off refused: not the host's origin (set routes[].origin if browsers reach it there)", "rd_origin", normalOrigin(u), "origin", want)
+			g.auditRefusal(r, "handoff", p.cfg.Name, "session hand-off refused: "+normalOrigin(u)+" is not the host's origin "+want, http.StatusBadRequest)
+			g.errorPage(w, http.StatusBadRequest, "Sign-in cannot continue", "This application's address is not the one configured for it.")
+			return
+		}
 		if h, err := g.handoff(ctx, id, p.cfg.Name, u, ls.HandoffBinding); err == nil {
 			target = h
 		} else {
@@ -624,6 +637,26 @@ func (g *Gateway) handoff(ctx context.Context, id sessionID, provider string, rd
 	}
 	u := url.URL{Scheme: rd.Scheme, Host: rd.Host, Path: "/oauth2/handoff", RawQuery: url.Values{"code": {code}}.Encode()}
 	return u.String(), nil
+}
+
+// handoffOrigin is where browsers reach host, the one place its hand-off
+// codes go: its route's origin, or external_url's scheme and port with
+// host.
+func (g *Gateway) handoffOrigin(host string) string {
+	for _, rt := range g.set.Routes {
+		if rt.Host == host && rt.Origin != "" {
+			return rt.Origin
+		}
+	}
+	ext := g.set.ExternalURL
+	hp := host
+	if strings.Contains(hp, ":") {
+		hp = "[" + hp + "]"
+	}
+	if port := ext.Port(); port != "" {
+		hp = net.JoinHostPort(host, port)
+	}
+	return normalOrigin(&url.URL{Scheme: ext.Scheme, Host: hp})
 }
 
 // handoffTTL is how long a hand-off code is good for: the callback's

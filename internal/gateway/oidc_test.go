@@ -764,7 +764,9 @@ func TestSignInBackToItselfDoesNotLoop(t *testing.T) {
 func TestHandoffOnlyToServedHosts(t *testing.T) {
 	st := &downStore{Store: session.NewMemory(session.Options{})}
 	h := newHarness(t, harnessOpts{store: st, mutate: func(c *Config) {
-		c.Routes = append(c.Routes, RouteConfig{Name: "app", Host: "app.example.com", Upstream: c.Routes[0].Upstream, IdentityProvider: "corp", Allow: &AllowConfig{Authenticated: true}})
+		c.Routes = append(c.Routes,
+			RouteConfig{Name: "app", Host: "app.example.com", Upstream: c.Routes[0].Upstream, IdentityProvider: "corp", Allow: &AllowConfig{Authenticated: true}, Origin: "https://app.example.com"},
+			RouteConfig{Name: "app2", Host: "app2.example.com", Upstream: c.Routes[0].Upstream, IdentityProvider: "corp", Allow: &AllowConfig{Authenticated: true}})
 		c.AllowedRedirectDomains = []string{"partner.example.org"}
 	}})
 	// onHost sends a request to the gateway as host (the client's jar is
@@ -896,6 +898,32 @@ func TestHandoffOnlyToServedHosts(t *testing.T) {
 	}
 	if r.StatusCode != http.StatusBadRequest {
 		t.Fatalf("a code refused once, presented again: %d", r.StatusCode)
+	}
+	// Codes go only to the host's origin (its route's origin, else
+	// external_url's scheme and port): an rd on another port or scheme
+	// gets an error page, neither a code (which would sit unspent in the
+	// history of a browser that cannot reach it) nor the browser sent on
+	// (which would loop through logins).
+	for _, rd := range []string{"https://app.example.com:1/y", "http://app.example.com/y", "https://app2.example.com/y"} {
+		u, _ := url.Parse(rd)
+		r := onHost(u.Hostname(), "/oauth2/start?rd="+url.QueryEscape(rd))
+		next, _ := url.Parse(r.Header.Get("Location"))
+		c := h.browser()
+		c.CheckRedirect = func(req *http.Request, _ []*http.Request) error {
+			if req.URL.Hostname() != "127.0.0.1" {
+				return http.ErrUseLastResponse
+			}
+			return nil
+		}
+		if r := h.get(c, next.RequestURI(), nil); r.StatusCode != http.StatusBadRequest || r.Header.Get("Location") != "" {
+			t.Fatalf("%s: a hand-off off the host's origin: %d %q", rd, r.StatusCode, r.Header.Get("Location"))
+		}
+	}
+	ext, _ := url.Parse(h.url)
+	defaultOrigin := "http://app2.example.com:" + ext.Port() + "/y"
+	start, _ := url.Parse(onHost("app2.example.com", "/oauth2/start?rd="+url.QueryEscape(defaultOrigin)).Header.Get("Location"))
+	if loc := follow(start.RequestURI()); loc.Host != "app2.example.com:"+ext.Port() || loc.Path != "/oauth2/handoff" {
+		t.Fatalf("a hand-off to the default origin: %s", loc)
 	}
 	// A good code while the session store is down: 503 (try again), not
 	// "expired"; the cookie stays, so trying again works.
