@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -665,6 +666,7 @@ func (c Config) Resolve() (Settings, error) {
 	if len(c.Routes) == 0 {
 		add("routes: configure at least one route")
 	}
+	origins := map[string]string{} // host → origin, one per host
 	names := map[string]bool{}
 	places := map[string]string{}
 	for i, r := range c.Routes {
@@ -700,14 +702,20 @@ func (c Config) Resolve() (Settings, error) {
 			switch {
 			case err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.User != nil || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "":
 				add("%s.origin %q: want scheme://host or scheme://host:port (http or https, nothing after)", key, r.Origin)
-			case out.Host == "" || strings.HasPrefix(out.Host, "*."):
-				add("%s.origin: only for a route with one host", key)
-			case hostOnly(u.Host) != out.Host:
-				add("%s.origin %q: its host is not the route's %q", key, r.Origin, out.Host)
+			case out.Host == "":
+				add("%s.origin: only for a route with a host", key)
+			case hostOnly(u.Host) != hostOnly(out.Host):
+				add("%s.origin %q: its host is not the route's %q (for *.domain: scheme://*.domain:port)", key, r.Origin, out.Host)
+			case u.Port() != "" && !validPort(u.Port()):
+				add("%s.origin %q: port %q is not 1 to 65535 as browsers write it", key, r.Origin, u.Port())
 			case u.Scheme == "http" && s.ExternalURL != nil && s.ExternalURL.Scheme == "https" && !isLoopbackHost(out.Host):
 				add("%s.origin %q: plain http under an https external_url", key, r.Origin)
 			default:
 				out.Origin = normalOrigin(u)
+				if prev, ok := origins[out.Host]; ok && prev != out.Origin {
+					add("%s.origin %q: another route on host %q has origin %q", key, r.Origin, out.Host, prev)
+				}
+				origins[out.Host] = out.Origin
 			}
 		}
 		if !strings.HasPrefix(out.PathPrefix, "/") {
@@ -849,7 +857,12 @@ func orDefault(v, def string) string {
 	return v
 }
 
-// hostOnly strips a port from a Host header value and lowercases it.
+// validPort: p is a port number as browsers write it (no leading zero).
+func validPort(p string) bool {
+	n, err := strconv.Atoi(p)
+	return err == nil && n >= 1 && n <= 65535 && strconv.Itoa(n) == p
+}
+
 // normalOrigin is u's origin as one string: scheme and host lowercase, the
 // port only when it is not the scheme's default.
 func normalOrigin(u *url.URL) string {
@@ -866,6 +879,7 @@ func normalOrigin(u *url.URL) string {
 	return scheme + "://" + host
 }
 
+// hostOnly strips a port from a Host header value and lowercases it.
 func hostOnly(h string) string {
 	if host, _, err := net.SplitHostPort(h); err == nil {
 		h = host

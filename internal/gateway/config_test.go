@@ -165,6 +165,9 @@ func TestRouteOrigin(t *testing.T) {
 		{"app.example.com", "ftp://app.example.com", "", false},
 		{"app.example.com", "http://app.example.com", "", false}, // http under an https external_url
 		{"*.example.com", "https://a.example.com", "", false},
+		{"*.example.com", "https://*.example.com:8443", "https://*.example.com:8443", true},
+		{"app.example.com", "https://app.example.com:08443", "", false},
+		{"app.example.com", "https://app.example.com:99999", "", false},
 		{"", "https://app.example.com", "", false},
 	} {
 		c := minimalConfig()
@@ -177,5 +180,39 @@ func TestRouteOrigin(t *testing.T) {
 		if err == nil && set.Routes[0].Origin != tc.want {
 			t.Errorf("host %q origin %q: kept as %q, want %q", tc.host, tc.origin, set.Routes[0].Origin, tc.want)
 		}
+	}
+}
+
+// TestHandoffOrigin: where a hand-off for a host goes: its route's origin
+// (a *.domain route's with the host in it; an exact route first), or
+// external_url's scheme and port with the host. Two routes on one host
+// must agree.
+func TestHandoffOrigin(t *testing.T) {
+	c := minimalConfig()
+	c.ExternalURL = "https://gw.example.com:8443"
+	c.Routes = []RouteConfig{
+		{Name: "a", Host: "a.example.com", Upstream: "http://127.0.0.1:8080", Allow: &AllowConfig{Authenticated: true}, Origin: "https://a.example.com"},
+		{Name: "apps", Host: "*.apps.example.com", Upstream: "http://127.0.0.1:8080", Allow: &AllowConfig{Authenticated: true}, Origin: "https://*.apps.example.com"},
+		{Name: "x", Host: "x.apps.example.com", Upstream: "http://127.0.0.1:8080", Allow: &AllowConfig{Authenticated: true}, Origin: "https://x.apps.example.com:9443"},
+		{Name: "b", Host: "b.example.com", Upstream: "http://127.0.0.1:8080", Allow: &AllowConfig{Authenticated: true}},
+	}
+	set, err := c.Resolve()
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &Gateway{set: set}
+	for host, want := range map[string]string{
+		"a.example.com":      "https://a.example.com",
+		"y.apps.example.com": "https://y.apps.example.com",
+		"x.apps.example.com": "https://x.apps.example.com:9443",
+		"b.example.com":      "https://b.example.com:8443",
+	} {
+		if got := g.handoffOrigin(host); got != want {
+			t.Errorf("%s: %q, want %q", host, got, want)
+		}
+	}
+	c.Routes = append(c.Routes, RouteConfig{Name: "a2", Host: "a.example.com", PathPrefix: "/two", Upstream: "http://127.0.0.1:8080", Allow: &AllowConfig{Authenticated: true}, Origin: "https://a.example.com:8443"})
+	if _, err := c.Resolve(); err == nil || !strings.Contains(err.Error(), "another route on host") {
+		t.Fatalf("two origins for one host: %v", err)
 	}
 }

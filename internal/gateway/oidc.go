@@ -640,12 +640,17 @@ func (g *Gateway) handoff(ctx context.Context, id sessionID, provider string, rd
 }
 
 // handoffOrigin is where browsers reach host, the one place its hand-off
-// codes go: its route's origin, or external_url's scheme and port with
-// host.
+// codes go: its route's origin (a *.domain route's with host in it), or
+// external_url's scheme and port with host.
 func (g *Gateway) handoffOrigin(host string) string {
 	for _, rt := range g.set.Routes {
-		if rt.Host == host && rt.Origin != "" {
+		if rt.Origin != "" && rt.Host == host {
 			return rt.Origin
+		}
+	}
+	for _, rt := range g.set.Routes {
+		if rt.Origin != "" && strings.HasPrefix(rt.Host, "*.") && hostMatches(rt.Host, host) {
+			return strings.Replace(rt.Origin, rt.Host, host, 1)
 		}
 	}
 	ext := g.set.ExternalURL

@@ -918,6 +918,9 @@ func TestHandoffOnlyToServedHosts(t *testing.T) {
 		if r := h.get(c, next.RequestURI(), nil); r.StatusCode != http.StatusBadRequest || r.Header.Get("Location") != "" {
 			t.Fatalf("%s: a hand-off off the host's origin: %d %q", rd, r.StatusCode, r.Header.Get("Location"))
 		}
+		if a := h.lastAudit("handoff"); !strings.Contains(fmt.Sprint(a["reason"]), "is not the host's origin") {
+			t.Fatalf("%s: audit %v", rd, a)
+		}
 	}
 	ext, _ := url.Parse(h.url)
 	defaultOrigin := "http://app2.example.com:" + ext.Port() + "/y"
