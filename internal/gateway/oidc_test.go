@@ -637,6 +637,60 @@ func TestSignOutRevokesIDToken(t *testing.T) {
 	}
 }
 
+// failCreates fails the session store's Creates once armed, after the
+// first ok ones: a store that goes down in the middle of a sign-out.
+type failCreates struct {
+	session.Store
+	armed atomic.Bool
+	ok    atomic.Int32
+}
+
+func (s *failCreates) Create(ctx context.Context, r session.Record) error {
+	if s.armed.Load() && s.ok.Add(-1) < 0 {
+		return errStoreDown
+	}
+	return s.Store.Create(ctx, r)
+}
+
+// TestSignOutTwoSessionsFailsWhole: signed in with two providers, a
+// sign-out whose second revocation fails answers 503 and leaves both
+// sessions as they were (every revocation comes before any deletion), so
+// trying again can still revoke and end both.
+func TestSignOutTwoSessionsFailsWhole(t *testing.T) {
+	st := &failCreates{Store: session.NewMemory(session.Options{})}
+	second := startIdP(t)
+	h := newHarness(t, harnessOpts{store: st, mutate: func(c *Config) {
+		c.IdentityProviders = append(c.IdentityProviders, ProviderConfig{Name: "second", Issuer: second.m.Issuer(),
+			ClientID: second.m.ClientID, ClientSecret: second.m.ClientSecret, Scopes: []string{"openid", "profile", "email", "groups"}})
+		c.BearerTokens = append(c.BearerTokens, BearerConfig{Issuer: second.m.Issuer(), Audiences: []string{second.m.ClientID}})
+		c.Routes = append(c.Routes, RouteConfig{Name: "two", PathPrefix: "/two/", Upstream: c.Routes[0].Upstream, IdentityProvider: "second",
+			Allow: &AllowConfig{Authenticated: true}})
+	}})
+	c := h.login("/")
+	if r := h.get(c, "/two/", nil); r.StatusCode != http.StatusOK {
+		t.Fatalf("login with the second provider: %d", r.StatusCode)
+	}
+	both := func(want int) {
+		t.Helper()
+		for _, path := range []string{"/", "/two/"} {
+			if r := h.get(noFollow(c), path, nil); r.StatusCode != want {
+				t.Fatalf("%s: %d, want %d", path, r.StatusCode, want)
+			}
+		}
+	}
+	st.ok.Store(1)
+	st.armed.Store(true)
+	if r := h.get(noFollow(c), "/oauth2/sign_out", map[string]string{"Sec-Fetch-Site": "same-origin"}); r.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("sign-out whose second revocation fails: %d", r.StatusCode)
+	}
+	both(http.StatusOK)
+	st.armed.Store(false)
+	if r := h.get(noFollow(c), "/oauth2/sign_out", map[string]string{"Sec-Fetch-Site": "same-origin"}); r.StatusCode != http.StatusFound {
+		t.Fatalf("sign-out tried again: %d", r.StatusCode)
+	}
+	both(http.StatusFound)
+}
+
 // TestRevokeIDTokenCases: which ID tokens sign-out revokes, checked in the
 // store (SQLite, whose nanosecond expiry is the narrowest). Bearer
 // audiences [my-api], so only an ID token that also carries my-api could
