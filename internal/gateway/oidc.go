@@ -271,6 +271,19 @@ func (g *Gateway) callback(w http.ResponseWriter, r *http.Request) {
 		TokenExpiry: idt.Expiry, CreatedAt: now, LastSeen: now, Scopes: grantedScopes(tok, p.cfg.Scopes),
 	}
 	fillFromClaims(sd, claims, p.cfg)
+	// A hand-off goes only to its host's origin: rd comes from a URL, and
+	// a port nothing of ours answers on would leave the code unspent in
+	// the browser's history, for whoever holds the hand-off cookie (an
+	// attacker's, whose link started this login). Refused before anything
+	// is created; not sent on to rd either, which would start the login
+	// again, and again.
+	handoffTo, handoff := g.handoffTarget(ls)
+	if handoff {
+		if want := g.handoffOrigin(hostOnly(handoffTo.Host)); normalOrigin(handoffTo) != want {
+			g.loginFailed(w, r, ls.Provider, "handoff_origin", normalOrigin(handoffTo)+" is not the host's origin "+want+" (set routes[].origin if browsers reach it there)", http.StatusBadRequest)
+			return
+		}
+	}
 	// A new login always gets a new session id (no fixation); the old one
 	// of this browser, if any, ends.
 	if old, err := r.Cookie(g.cookieName(p.cfg.Name)); err == nil {
@@ -295,28 +308,13 @@ func (g *Gateway) callback(w http.ResponseWriter, r *http.Request) {
 	g.clearCookie(w, r, g.csrfCookieName(), g.loginCookiePath())
 	setPageHeaders(w)
 	target := ls.RD
-	if u, err := url.Parse(target); err == nil && ls.HandoffBinding != "" && !g.coveredByCookie(u.Host) && g.servesHost(strings.ToLower(u.Hostname())) {
+	if handoff {
 		// Another host of ours, where this login started: hand the session
-		// over with a one-time code bound to that host's cookie. (A host
-		// that is only in allowed_redirect_domains gets the browser, never
-		// the session; a login started here for another host sends the
-		// browser there, and that host starts its own bound login.)
-		//
-		// Only to the host's origin: rd comes from a URL, and a port
-		// nothing of ours answers on would leave the code unspent in the
-		// browser's history, for whoever holds the hand-off cookie (an
-		// attacker's, whose link started this login). Not sent on to rd
-		// either, which would start the login again, and again.
-		if want := g.handoffOrigin(hostOnly(u.Host)); normalOrigin(u) != want {
-			g.log.Warn("session hand-off refused: not the host's origin (set routes[].origin if browsers reach it there)", "rd_origin", normalOrigin(u), "origin", want)
-			g.auditRefusal(r, "handoff", p.cfg.Name, "session hand-off refused: "+normalOrigin(u)+" is not the host's origin "+want, http.StatusBadRequest)
-			g.errorPage(w, http.StatusBadRequest, "Sign-in cannot continue", "This application's address is not the one configured for it.")
-			return
-		}
-		if h, err := g.handoff(ctx, id, p.cfg.Name, u, ls.HandoffBinding); err == nil {
+		// over with a one-time code bound to that host's cookie.
+		if h, err := g.handoff(ctx, id, p.cfg.Name, handoffTo, ls.HandoffBinding); err == nil {
 			target = h
 		} else {
-			g.log.Warn("session hand-off failed", "host", u.Host, "err", err)
+			g.log.Warn("session hand-off failed", "host", handoffTo.Host, "err", err)
 		}
 	}
 	http.Redirect(w, r, target, http.StatusFound)
@@ -637,6 +635,20 @@ func (g *Gateway) handoff(ctx context.Context, id sessionID, provider string, rd
 	}
 	u := url.URL{Scheme: rd.Scheme, Host: rd.Host, Path: "/oauth2/handoff", RawQuery: url.Values{"code": {code}}.Encode()}
 	return u.String(), nil
+}
+
+// handoffTarget is where a login's session is handed over to, if it is:
+// another host of ours where the login started (its hand-off binding),
+// on no cookie domain. A host that is only in allowed_redirect_domains
+// gets the browser, never the session; a login started on the gateway's
+// host for another host sends the browser there, and that host starts
+// its own bound login.
+func (g *Gateway) handoffTarget(ls loginState) (*url.URL, bool) {
+	u, err := url.Parse(ls.RD)
+	if err != nil || ls.HandoffBinding == "" || g.coveredByCookie(u.Host) || !g.servesHost(strings.ToLower(u.Hostname())) {
+		return &url.URL{}, false
+	}
+	return u, true
 }
 
 // handoffOrigin is where browsers reach host, the one place its hand-off

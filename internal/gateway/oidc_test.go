@@ -972,8 +972,13 @@ func TestHandoffOnlyToServedHosts(t *testing.T) {
 		if r := h.get(c, next.RequestURI(), nil); r.StatusCode != http.StatusBadRequest || r.Header.Get("Location") != "" {
 			t.Fatalf("%s: a hand-off off the host's origin: %d %q", rd, r.StatusCode, r.Header.Get("Location"))
 		}
-		if a := h.lastAudit("handoff"); !strings.Contains(fmt.Sprint(a["reason"]), "is not the host's origin") {
+		if a := h.lastAudit("login"); a["decision"] != "deny" || !strings.Contains(fmt.Sprint(a["reason"]), "handoff_origin") {
 			t.Fatalf("%s: audit %v", rd, a)
+		}
+		for _, ck := range c.Jar.Cookies(&url.URL{Scheme: "http", Host: strings.TrimPrefix(h.url, "http://")}) {
+			if ck.Name == h.gw.cookieName("corp") {
+				t.Fatalf("%s: a refused login left a session", rd)
+			}
 		}
 	}
 	ext, _ := url.Parse(h.url)
