@@ -195,6 +195,7 @@ func TestHandoffOrigin(t *testing.T) {
 		{Name: "apps", Host: "*.apps.example.com", Upstream: "http://127.0.0.1:8080", Allow: &AllowConfig{Authenticated: true}, Origin: "https://*.apps.example.com"},
 		{Name: "x", Host: "x.apps.example.com", Upstream: "http://127.0.0.1:8080", Allow: &AllowConfig{Authenticated: true}, Origin: "https://x.apps.example.com:9443"},
 		{Name: "b", Host: "b.example.com", Upstream: "http://127.0.0.1:8080", Allow: &AllowConfig{Authenticated: true}},
+		{Name: "z", Host: "z.apps.example.com", Upstream: "http://127.0.0.1:8080", Allow: &AllowConfig{Authenticated: true}},
 	}
 	set, err := c.Resolve()
 	if err != nil {
@@ -206,6 +207,7 @@ func TestHandoffOrigin(t *testing.T) {
 		"y.apps.example.com": "https://y.apps.example.com",
 		"x.apps.example.com": "https://x.apps.example.com:9443",
 		"b.example.com":      "https://b.example.com:8443",
+		"z.apps.example.com": "https://z.apps.example.com:8443", // its own route, no origin: the default, not the *.apps one
 	} {
 		if got := g.handoffOrigin(host); got != want {
 			t.Errorf("%s: %q, want %q", host, got, want)

@@ -80,6 +80,7 @@ type Gateway struct {
 	auditFile         *auditfile.File
 	metrics           *metrics
 	refreshes         singleflight.Group
+	tunnels           tunnel.Set // WebSockets, for the shutdown
 	decodedSessions   decodedCache
 
 	ready     chan struct{}
@@ -324,6 +325,11 @@ func (g *Gateway) Run(ctx context.Context) error {
 		g.log.Info("shutting down: draining in-flight requests", "timeout", g.set.ShutdownTimeout.String())
 		sctx, cancel := context.WithTimeout(context.Background(), g.set.ShutdownTimeout)
 		defer cancel()
+		// (Shutdown does not wait for hijacked connections: WebSockets
+		// are drained beside it.)
+		tunnelsDrained := make(chan struct{})
+		go func() { g.tunnels.Drain(sctx); close(tunnelsDrained) }()
+		defer func() { <-tunnelsDrained }()
 		if srv.Shutdown(sctx) != nil {
 			// Past the timeout, requests still running (streams) are cut
 			// off: their client connections close (which cancels their
@@ -925,9 +931,9 @@ func (g *Gateway) serveProxy(w http.ResponseWriter, r *http.Request) {
 	}
 	var rw http.ResponseWriter = sw
 	out := r.WithContext(context.WithValue(r.Context(), identityKey{}, d.auth.id))
-	if len(r.Header["Upgrade"]) > 0 { // a WebSocket (decide refused other upgrades)
-		var release context.CancelFunc
-		rw, out, release = tunnel.IdleAfterHijack(sw, out, g.set.TunnelIdleTimeout)
+	if len(r.Header["Upgrade"]) > 0 { // a WebSocket (httpx.CheckUpgrade refused other upgrades)
+		var release func()
+		rw, out, release = tunnel.IdleAfterHijack(sw, out, g.set.TunnelIdleTimeout, &g.tunnels)
 		defer release()
 	}
 	rt.proxy.ServeHTTP(rw, out)

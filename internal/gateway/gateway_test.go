@@ -13,6 +13,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -494,6 +495,51 @@ func TestWebSocketUpgrade(t *testing.T) {
 	waitFor(t, "the relay to /silent to end", func() bool {
 		for _, a := range h.auditLines() {
 			if a["path"] == "/silent" {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// TestShutdownEndsWebSockets: the gateway's shutdown ends WebSockets still
+// open at its deadline (net/http's Shutdown does not wait for hijacked
+// connections) and writes their audit records.
+func TestShutdownEndsWebSockets(t *testing.T) {
+	ws := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		conn, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		_, _ = brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+		_ = brw.Flush()
+		_, _ = io.Copy(conn, brw)
+	}))
+	defer ws.Close()
+	h := newHarness(t, harnessOpts{mutate: func(c *Config) {
+		c.Routes[0].Upstream = ws.URL
+		c.Limits.ShutdownTimeout = configfile.Duration{Value: time.Second}
+	}})
+	conn, err := net.Dial("tcp", strings.TrimPrefix(h.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
+	tok := h.idp.token(t, h.idp.claims(h.clock.Now()))
+	fmt.Fprintf(conn, "GET /drained HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer %s\r\n\r\n", tok)
+	br := bufio.NewReader(conn)
+	if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade: %v %v", err, resp)
+	}
+	h.cancel()
+	if _, err := br.ReadByte(); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("the WebSocket outlived the shutdown: %v", err)
+	}
+	waitFor(t, "the drained WebSocket's audit record", func() bool {
+		for _, a := range h.auditLines() {
+			if a["path"] == "/drained" {
 				return true
 			}
 		}

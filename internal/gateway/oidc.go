@@ -272,7 +272,7 @@ func (g *Gateway) callback(w http.ResponseWriter, r *http.Request) {
 	}
 	fillFromClaims(sd, claims, p.cfg)
 	// A hand-off goes only to its host's origin: rd comes from a URL, and
-	// a port nothing of ours answers on would leave the code unspent in
+	// an origin (scheme, port) nothing of ours answers on would leave the code unspent in
 	// the browser's history, for whoever holds the hand-off cookie (an
 	// attacker's, whose link started this login). Refused before anything
 	// is created; not sent on to rd either, which would start the login
@@ -655,13 +655,17 @@ func (g *Gateway) handoffTarget(ls loginState) (*url.URL, bool) {
 // codes go: its route's origin (a *.domain route's with host in it), or
 // external_url's scheme and port with host.
 func (g *Gateway) handoffOrigin(host string) string {
+	exact := false // a route names host itself: its origin or the default, never a *.domain route's
 	for _, rt := range g.set.Routes {
-		if rt.Origin != "" && rt.Host == host {
-			return rt.Origin
+		if rt.Host == host {
+			exact = true
+			if rt.Origin != "" {
+				return rt.Origin
+			}
 		}
 	}
 	for _, rt := range g.set.Routes {
-		if rt.Origin != "" && strings.HasPrefix(rt.Host, "*.") && hostMatches(rt.Host, host) {
+		if !exact && rt.Origin != "" && strings.HasPrefix(rt.Host, "*.") && hostMatches(rt.Host, host) {
 			return strings.Replace(rt.Origin, rt.Host, host, 1)
 		}
 	}

@@ -185,24 +185,40 @@ func startEcho(t *testing.T) *echoApp {
 
 const bigResponse = 64 << 20
 
-// tcpEcho echoes bytes (the application behind a TCP listener).
-func tcpEcho(t *testing.T) string {
+// tcpEcho echoes bytes (the application behind a TCP listener). A
+// connection that starts with "hold\n" is an application that does not
+// close when its client does: it reads to EOF, then keeps the connection
+// until the test ends.
+func tcpEcho(t *testing.T) (addr string, held <-chan struct{}) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
+	hold := make(chan struct{})
+	t.Cleanup(func() { close(hold) })
+	holding := make(chan struct{}, 16)
 	go func() {
 		for {
 			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
-			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				if b, err := br.Peek(5); err == nil && string(b) == "hold\n" {
+					holding <- struct{}{}
+					_, _ = io.Copy(io.Discard, br)
+					<-hold
+					return
+				}
+				_, _ = io.Copy(c, br)
+			}()
 		}
 	}()
 	t.Cleanup(func() { ln.Close() })
-	return ln.Addr().String()
+	return ln.Addr().String(), holding
 }
 
 // apiPolicy is the API workload's policy: the frontend may call it; nobody
@@ -250,6 +266,7 @@ type mesh struct {
 	srv       *testenv.Server
 	agent     *testenv.Agent
 	echo      *echoApp
+	tcpHeld   <-chan struct{} // a connection to the TCP app began holding (tcpEcho)
 	policyDir string
 	api       *Proxy
 	front     *Proxy
@@ -278,6 +295,8 @@ func newMesh(t *testing.T, o meshOpts) *mesh {
 	writeFile(t, filepath.Join(m.policyDir, "api.yaml"), []byte(apiPolicy), 0o644)
 	m.apiAudit = filepath.Join(t.TempDir(), "audit.log")
 
+	tcpAddr, held := tcpEcho(t)
+	m.tcpHeld = held
 	apiSet := m.settings(t, Config{
 		SVIDID: idAPI, Labels: map[string]string{"app": "api"},
 		Policy:   PolicyConfig{Paths: []string{m.policyDir}},
@@ -285,7 +304,7 @@ func newMesh(t *testing.T, o meshOpts) *mesh {
 		Inbound: []ListenerSpec{
 			{Name: "http", Listen: "127.0.0.1:0", Forward: m.echo.addr, Port: 8080},
 			{Name: "permissive", Listen: "127.0.0.1:0", Forward: m.echo.addr, Port: 9090},
-			{Name: "tcp", Listen: "127.0.0.1:0", Forward: tcpEcho(t), Port: 5432, Protocol: "tcp"},
+			{Name: "tcp", Listen: "127.0.0.1:0", Forward: tcpAddr, Port: 5432, Protocol: "tcp"},
 		},
 	}, o.limits)
 	m.api, m.apiCancel, m.apiDone = startProxy(t, apiSet)

@@ -46,6 +46,9 @@ type inbound struct {
 	rp  *httputil.ReverseProxy
 
 	tcp tcpConns
+	// tunnels are the WebSockets net/http's path relays (its Shutdown
+	// does not wait for hijacked connections).
+	tunnels tunnel.Set
 
 	duration       prometheus.Observer // this listener's request_duration_seconds
 	upstreamErrors prometheus.Counter
@@ -378,8 +381,8 @@ func (in *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	sw := &httpx.StatusWriter{ResponseWriter: w}
 	var rw http.ResponseWriter = sw
 	if isUpgrade(r.Header) { // a WebSocket that ReverseProxy relays itself
-		var release context.CancelFunc
-		rw, r, release = tunnel.IdleAfterHijack(sw, r, in.p.set.TunnelIdleTimeout)
+		var release func()
+		rw, r, release = tunnel.IdleAfterHijack(sw, r, in.p.set.TunnelIdleTimeout, &in.tunnels)
 		defer release()
 	}
 	in.rp.ServeHTTP(rw, r)
@@ -643,6 +646,10 @@ func (in *inbound) serveTCP(ctx context.Context, conn net.Conn) {
 		p.log.Warn("application unreachable", "listener", in.l.Name, "forward", in.l.Forward, "err", err)
 		return
 	}
+	// Both ends tracked: at the drain deadline the client's is closed,
+	// and an application that does not close on EOF must not hold the
+	// shutdown until tunnel_idle_timeout.
+	defer in.tcp.track(app)()
 	tunnel.Pipe(conn, app, in.p.set.TunnelIdleTimeout)
 	in.duration.Observe(time.Since(start).Seconds())
 }
@@ -658,6 +665,8 @@ func (in *inbound) shutdown(ctx context.Context) {
 			wg.Add(1)
 			go func() { defer wg.Done(); in.fwd.shutdown(ctx) }()
 		}
+		wg.Add(1)
+		go func() { defer wg.Done(); in.tunnels.Drain(ctx) }()
 		_ = in.srv.Shutdown(ctx)
 		wg.Wait()
 	}

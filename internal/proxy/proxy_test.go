@@ -512,6 +512,75 @@ func TestGracefulShutdownDrainsInFlight(t *testing.T) {
 	}
 }
 
+// TestShutdownEndsTunnels: a graceful shutdown also ends the tunnels
+// still open at its deadline, the WebSockets net/http's path relays
+// (which its Server.Shutdown does not wait for) included, and their audit
+// records are written before Run returns.
+func TestShutdownEndsTunnels(t *testing.T) {
+	m := newMesh(t, meshOpts{limits: func(s *Settings) { s.ShutdownTimeout = time.Second }})
+	c, err := net.Dial("tcp", m.api.Addr("permissive").String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+	_, _ = io.WriteString(c, "GET /public/ws HTTP/1.1\r\nHost: api\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+	br := bufio.NewReader(c)
+	if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade: %v %v", resp, err)
+	}
+	_, _ = io.WriteString(c, "ping\n")
+	if line, err := br.ReadString('\n'); err != nil || line != "ping\n" {
+		t.Fatalf("echo: %q %v", line, err)
+	}
+	m.apiCancel()
+	if err := m.apiDone(); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if _, err := br.ReadByte(); err == nil || isTimeout(err) {
+		t.Fatalf("the WebSocket outlived the shutdown: %v", err)
+	}
+	found := false
+	for _, r := range auditRecords(t, m.apiAudit) {
+		found = found || r.Path == "/public/ws"
+	}
+	if !found {
+		t.Fatal("no audit record for the WebSocket ended by the shutdown")
+	}
+}
+
+// TestShutdownEndsTCPTunnelToStubbornApp: at the shutdown deadline a TCP
+// tunnel ends on both sides, even when the application does not close
+// its end when the client's closes (both ends are tracked), so Run
+// returns at the deadline, not at tunnel_idle_timeout.
+func TestShutdownEndsTCPTunnelToStubbornApp(t *testing.T) {
+	m := newMesh(t, meshOpts{limits: func(s *Settings) { s.ShutdownTimeout = time.Second }})
+	c, err := net.Dial("tcp", m.front.Addr("api-tcp").String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := io.WriteString(c, "hold\n"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-m.tcpHeld: // the tunnel reaches the application
+	case <-time.After(10 * time.Second):
+		t.Fatal("the tunnel never reached the application")
+	}
+	m.apiCancel()
+	done := make(chan error, 1)
+	go func() { done <- m.apiDone() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("shutdown waited on a tunnel past its deadline")
+	}
+}
+
 func TestRotationKeepsConnections(t *testing.T) {
 	if testing.Short() {
 		t.Skip("waits for an SVID rotation")

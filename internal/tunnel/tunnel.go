@@ -126,20 +126,97 @@ func Pipe(a, b net.Conn, idle time.Duration) {
 // the client alone would leave the relay blocked on an upstream that
 // stopped reading, or that stays silent after the client half-closed.
 // Serve with the returned writer and request, and call release when the
-// proxy returns. Call it only for upgrade requests: it costs a context
-// and an allocation, and nothing else hijacks.
-func IdleAfterHijack(w http.ResponseWriter, r *http.Request, idle time.Duration) (http.ResponseWriter, *http.Request, context.CancelFunc) {
-	if idle <= 0 {
-		return w, r, func() {}
-	}
+// handler is done with the request (after its audit record: a shutdown
+// waits for release). set, if not nil, counts the request until then, so
+// that a shutdown can wait for it and end it (Set.Drain): net/http's
+// Server.Shutdown does not wait for hijacked connections. Call it only
+// for upgrade requests: it costs a context and an allocation, and nothing
+// else hijacks.
+func IdleAfterHijack(w http.ResponseWriter, r *http.Request, idle time.Duration, set *Set) (http.ResponseWriter, *http.Request, func()) {
 	ctx, cancel := context.WithCancel(r.Context())
-	return &hijackWatcher{ResponseWriter: w, idle: idle, cancel: cancel}, r.WithContext(ctx), cancel
+	h := &hijackWatcher{ResponseWriter: w, idle: idle, cancel: cancel}
+	release := cancel
+	if set != nil && set.add(h) {
+		release = func() {
+			cancel()
+			set.remove(h)
+		}
+	} else if set != nil { // draining: end it at once
+		cancel()
+	}
+	return h, r.WithContext(ctx), release
 }
 
 type hijackWatcher struct {
 	http.ResponseWriter
 	idle   time.Duration
 	cancel context.CancelFunc
+
+	mu   sync.Mutex
+	conn net.Conn // once hijacked
+}
+
+// end ends the request: its context, and its tunnel if it has one.
+func (h *hijackWatcher) end() {
+	h.cancel()
+	h.mu.Lock()
+	c := h.conn
+	h.mu.Unlock()
+	if c != nil {
+		c.Close()
+	}
+}
+
+// Set is the upgrade requests IdleAfterHijack watches for one server,
+// for its shutdown.
+type Set struct {
+	wg       sync.WaitGroup
+	mu       sync.Mutex
+	live     map[*hijackWatcher]struct{}
+	draining bool
+}
+
+func (s *Set) add(h *hijackWatcher) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.draining {
+		return false
+	}
+	if s.live == nil {
+		s.live = map[*hijackWatcher]struct{}{}
+	}
+	s.live[h] = struct{}{}
+	s.wg.Add(1)
+	return true
+}
+
+func (s *Set) remove(h *hijackWatcher) {
+	s.mu.Lock()
+	delete(s.live, h)
+	s.mu.Unlock()
+	s.wg.Done()
+}
+
+// Drain waits for the watched requests to be released; when ctx ends
+// first, it ends their tunnels (which makes the proxies relaying them
+// return) and waits on. Requests that come after it has begun are ended
+// at once.
+func (s *Set) Drain(ctx context.Context) {
+	s.mu.Lock()
+	s.draining = true
+	s.mu.Unlock()
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		s.mu.Lock()
+		for h := range s.live {
+			h.end()
+		}
+		s.mu.Unlock()
+		<-done
+	}
 }
 
 // Unwrap lets http.ResponseController reach the writer's other methods
@@ -157,6 +234,9 @@ func (h *hijackWatcher) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		c.Close()
 		h.cancel()
 	})
+	h.mu.Lock()
+	h.conn = c
+	h.mu.Unlock()
 	// brw is left as it is: ReverseProxy writes the 101 through it before
 	// the relay starts, and reads the client through the conn, never
 	// through brw.

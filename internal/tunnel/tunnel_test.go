@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -193,10 +194,16 @@ func upgradeBackend(t *testing.T, serve func(net.Conn)) *url.URL {
 // upgradeFront is an httputil.ReverseProxy to backend whose writer is
 // wrapped with IdleAfterHijack; done gets each handler's end.
 func upgradeFront(t *testing.T, backend *url.URL, done chan<- struct{}) string {
+	return upgradeFrontIn(t, backend, done, nil, idle)
+}
+
+// upgradeFrontIn is upgradeFront with its tunnels in set and their idle
+// timeout.
+func upgradeFrontIn(t *testing.T, backend *url.URL, done chan<- struct{}, set *Set, idle time.Duration) string {
 	t.Helper()
 	rp := httputil.NewSingleHostReverseProxy(backend)
 	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w, r, release := IdleAfterHijack(w, r, idle)
+		w, r, release := IdleAfterHijack(w, r, idle, set)
 		defer release()
 		rp.ServeHTTP(w, r)
 		done <- struct{}{}
@@ -296,11 +303,49 @@ func TestIdleAfterHijackPassesOtherRequests(t *testing.T) {
 	if resp.StatusCode != http.StatusUpgradeRequired {
 		t.Fatalf("status %d", resp.StatusCode)
 	}
-	w, r := httptest.NewRecorder(), httptest.NewRequest("GET", "/", nil)
-	if ww, rr, release := IdleAfterHijack(w, r, 0); ww != http.ResponseWriter(w) || rr != r {
-		t.Fatal("a zero idle wrapped the writer or the request")
-	} else {
-		release()
+}
+
+// TestSetDrain: a shutdown waits for the watched tunnels; one still open
+// at its deadline is ended, and the handler relaying it returns before
+// Drain does. A tunnel asked for during the drain is refused.
+func TestSetDrain(t *testing.T) {
+	var set Set
+	done := make(chan struct{}, 2)
+	front := upgradeFrontIn(t, upgradeBackend(t, echo), done, &set, time.Hour) // never idle here
+	c, br := upgrade(t, front)
+	talk(t, c, br, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), idle)
+	defer cancel()
+	drained := make(chan struct{})
+	go func() { set.Drain(ctx); close(drained) }()
+	select {
+	case <-drained:
+		t.Fatal("Drain returned while a tunnel was open")
+	case <-time.After(idle / 2):
+	}
+	select {
+	case <-done: // the handler returned: the tunnel was ended
+	case <-time.After(10 * time.Second):
+		t.Fatal("the tunnel was not ended at the drain deadline")
+	}
+	select {
+	case <-drained:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Drain did not return")
+	}
+	if _, err := br.ReadByte(); err == nil {
+		t.Fatal("the client's side of the drained tunnel is open")
+	}
+	// After the drain: refused (the proxy's request is cancelled).
+	c2, err := net.Dial("tcp", front)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	_ = c2.SetDeadline(time.Now().Add(10 * time.Second))
+	_, _ = io.WriteString(c2, "GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+	if resp, err := http.ReadResponse(bufio.NewReader(c2), nil); err == nil && resp.StatusCode == http.StatusSwitchingProtocols {
+		t.Fatal("a tunnel was opened during the drain")
 	}
 }
 

@@ -325,8 +325,8 @@ func testTicketConcurrentTake(t *testing.T, s session.Store, c *Clock) {
 	}
 }
 
-// testEmptyData: a record may carry no data (a marker, as the gateway's
-// revoked ID tokens), nil or empty alike, and updates may empty it.
+// testEmptyData: a record may carry no data (a mere marker), nil or empty
+// alike, and updates may empty it.
 func testEmptyData(t *testing.T, s session.Store, c *Clock) {
 	for _, data := range [][]byte{nil, {}} {
 		r := rec(t, c, "")
