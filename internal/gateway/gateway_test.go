@@ -437,19 +437,7 @@ func TestWebSocketUpgrade(t *testing.T) {
 		c.Routes[0].Upstream = ws.URL
 		c.Limits.TunnelIdleTimeout = configfile.Duration{Value: idle}
 	}})
-	conn, err := net.Dial("tcp", strings.TrimPrefix(h.url, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
-	tok := h.idp.token(t, h.idp.claims(h.clock.Now()))
-	fmt.Fprintf(conn, "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer %s\r\n\r\n", tok)
-	br := bufio.NewReader(conn)
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
-		t.Fatalf("upgrade: %v %v", err, resp)
-	}
+	conn, br := dialWebSocket(t, h, "/ws")
 	for i := 0; i < 8; i++ { // twice idle of traffic: the tunnel lives on
 		fmt.Fprintf(conn, "ping %d\n", i)
 		if line, err := br.ReadString('\n'); err != nil || line != fmt.Sprintf("echo:ping %d\n", i) {
@@ -473,16 +461,7 @@ func TestWebSocketUpgrade(t *testing.T) {
 	// The client floods an upstream that does not read: once the buffers
 	// between them fill nothing moves, the tunnel is closed, and the relay
 	// ends (its audit line is written when it does).
-	silent, err := net.Dial("tcp", strings.TrimPrefix(h.url, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer silent.Close()
-	_ = silent.SetDeadline(time.Now().Add(20 * time.Second))
-	fmt.Fprintf(silent, "GET /silent HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer %s\r\n\r\n", tok)
-	if resp, err := http.ReadResponse(bufio.NewReader(silent), nil); err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
-		t.Fatalf("upgrade /silent: %v %v", err, resp)
-	}
+	silent, _ := dialWebSocket(t, h, "/silent")
 	flood := make([]byte, 64<<10)
 	for {
 		if _, err := silent.Write(flood); err != nil {
@@ -521,18 +500,7 @@ func TestShutdownEndsWebSockets(t *testing.T) {
 		c.Routes[0].Upstream = ws.URL
 		c.Limits.ShutdownTimeout = configfile.Duration{Value: time.Second}
 	}})
-	conn, err := net.Dial("tcp", strings.TrimPrefix(h.url, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
-	tok := h.idp.token(t, h.idp.claims(h.clock.Now()))
-	fmt.Fprintf(conn, "GET /drained HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer %s\r\n\r\n", tok)
-	br := bufio.NewReader(conn)
-	if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
-		t.Fatalf("upgrade: %v %v", err, resp)
-	}
+	_, br := dialWebSocket(t, h, "/drained")
 	h.cancel()
 	if _, err := br.ReadByte(); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("the WebSocket outlived the shutdown: %v", err)
@@ -794,4 +762,24 @@ func TestStoreOutageFailsClosed(t *testing.T) {
 	if r := h.get(jarless, "/", map[string]string{"Cookie": DefaultCookieName + "=" + cookie.Value, "Accept": "application/json"}); r.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("the signed-out cookie replayed: %d", r.StatusCode)
 	}
+}
+
+// dialWebSocket opens a connection to the gateway (20 s deadline, closed
+// when the test ends) and switches it to WebSocket at path with a valid
+// bearer token.
+func dialWebSocket(t *testing.T, h *harness, path string) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	c, err := net.Dial("tcp", strings.TrimPrefix(h.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+	tok := h.idp.token(t, h.idp.claims(h.clock.Now()))
+	fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer %s\r\n\r\n", path, tok)
+	br := bufio.NewReader(c)
+	if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade %s: %v %v", path, err, resp)
+	}
+	return c, br
 }

@@ -518,17 +518,7 @@ func TestGracefulShutdownDrainsInFlight(t *testing.T) {
 // records are written before Run returns.
 func TestShutdownEndsTunnels(t *testing.T) {
 	m := newMesh(t, meshOpts{limits: func(s *Settings) { s.ShutdownTimeout = time.Second }})
-	c, err := net.Dial("tcp", m.api.Addr("permissive").String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
-	_, _ = io.WriteString(c, "GET /public/ws HTTP/1.1\r\nHost: api\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
-	br := bufio.NewReader(c)
-	if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
-		t.Fatalf("upgrade: %v %v", resp, err)
-	}
+	c, br := dialWebSocket(t, m.api.Addr("permissive").String(), "/public/ws")
 	_, _ = io.WriteString(c, "ping\n")
 	if line, err := br.ReadString('\n'); err != nil || line != "ping\n" {
 		t.Fatalf("echo: %q %v", line, err)
@@ -1004,33 +994,14 @@ func TestIdleTunnelsClosed(t *testing.T) {
 		idleTunnelClosed(t, m, c, bufio.NewReader(c), idle)
 	})
 	t.Run("websocket on net/http's path", func(t *testing.T) {
-		c, err := net.Dial("tcp", m.api.Addr("permissive").String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(20 * time.Second))
-		_, _ = io.WriteString(c, "GET /public/ws HTTP/1.1\r\nHost: api\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
-		br := bufio.NewReader(c)
-		if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
-			t.Fatalf("upgrade: %v %v", resp, err)
-		}
+		c, br := dialWebSocket(t, m.api.Addr("permissive").String(), "/public/ws")
 		idleTunnelClosed(t, m, c, br, idle)
 	})
 	t.Run("websocket to an application that stopped reading", func(t *testing.T) {
 		// Closing the client's side alone would leave net/http's relay
 		// blocked on the application; its audit line is written when
 		// the relay ends.
-		c, err := net.Dial("tcp", m.api.Addr("permissive").String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(20 * time.Second))
-		_, _ = io.WriteString(c, "GET /public/silent HTTP/1.1\r\nHost: api\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
-		if resp, err := http.ReadResponse(bufio.NewReader(c), nil); err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
-			t.Fatalf("upgrade: %v %v", resp, err)
-		}
+		c, _ := dialWebSocket(t, m.api.Addr("permissive").String(), "/public/silent")
 		flood := make([]byte, 64<<10)
 		for {
 			if _, err := c.Write(flood); err != nil {
@@ -1075,4 +1046,23 @@ func idleTunnelClosed(t *testing.T, m *mesh, c net.Conn, br *bufio.Reader, idle 
 	waitFor(t, 10*time.Second, "the tunnel's slots back", func() bool {
 		return len(m.front.slots["outbound"]) == 0 && len(m.api.slots["inbound"]) == 0
 	})
+}
+
+// dialWebSocket opens a connection to addr (20 s deadline, closed when the
+// test ends) and switches it to WebSocket at path; the echo app echoes
+// bytes after that.
+func dialWebSocket(t *testing.T, addr, path string) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+	_, _ = io.WriteString(c, "GET "+path+" HTTP/1.1\r\nHost: api\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+	br := bufio.NewReader(c)
+	if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade %s: %v %v", path, resp, err)
+	}
+	return c, br
 }
