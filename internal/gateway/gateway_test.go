@@ -471,14 +471,7 @@ func TestWebSocketUpgrade(t *testing.T) {
 			break
 		}
 	}
-	waitFor(t, "the relay to /silent to end", func() bool {
-		for _, a := range h.auditLines() {
-			if a["path"] == "/silent" {
-				return true
-			}
-		}
-		return false
-	})
+	h.waitForAudit(t, "/silent") // the relay to /silent to end
 }
 
 // TestShutdownEndsWebSockets: the gateway's shutdown ends WebSockets still
@@ -505,14 +498,7 @@ func TestShutdownEndsWebSockets(t *testing.T) {
 	if _, err := br.ReadByte(); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("the WebSocket outlived the shutdown: %v", err)
 	}
-	waitFor(t, "the drained WebSocket's audit record", func() bool {
-		for _, a := range h.auditLines() {
-			if a["path"] == "/drained" {
-				return true
-			}
-		}
-		return false
-	})
+	h.waitForAudit(t, "/drained") // the drained WebSocket's audit record
 }
 
 // An upgrade other than WebSocket would make a tunnel past the per-request
@@ -782,4 +768,17 @@ func dialWebSocket(t *testing.T, h *harness, path string) (net.Conn, *bufio.Read
 		t.Fatalf("upgrade %s: %v %v", path, err, resp)
 	}
 	return c, br
+}
+
+// waitForAudit waits for an audit record of a request for path.
+func (h *harness) waitForAudit(t *testing.T, path string) {
+	t.Helper()
+	waitFor(t, "an audit record for "+path, func() bool {
+		for _, a := range h.auditLines() {
+			if a["path"] == path {
+				return true
+			}
+		}
+		return false
+	})
 }
