@@ -57,6 +57,12 @@ var buffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }
 func (BufferPool) Get() []byte  { return *(buffers.Get().(*[]byte)) }
 func (BufferPool) Put(b []byte) { buffers.Put(&b) }
 
+// GetBuffer and PutBuffer hand out the same 32 KiB copy buffers as
+// pointers, for loops that copy themselves (a Put of a slice allocates
+// its pointer; these do not).
+func GetBuffer() *[]byte  { return buffers.Get().(*[]byte) }
+func PutBuffer(b *[]byte) { buffers.Put(b) }
+
 // ErrUpgradeRefused is CheckUpgrade's answer to an upgrade other than
 // WebSocket.
 var ErrUpgradeRefused = errors.New("protocol upgrade refused: only websocket is forwarded")

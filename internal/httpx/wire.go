@@ -187,8 +187,8 @@ func WriteResponse(w *bufio.Writer, resp *http.Response) (handled bool, err erro
 // io.ReaderFrom: under it a net.TCPConn's would allocate a buffer per
 // call.)
 func copyBody(w *bufio.Writer, body io.Reader, n int64) (copied int64, err error) {
-	bp := buffers.Get().(*[]byte) // the 32 KiB buffers of BufferPool
-	defer buffers.Put(bp)
+	bp := GetBuffer()
+	defer PutBuffer(bp)
 	buf := *bp
 	for empty := 0; copied < n; {
 		p := buf

@@ -720,8 +720,8 @@ func (f *flushBeforeBlock) Read(p []byte) (int, error) {
 // WriteTo copies through a pooled buffer (io.Copy prefers it to
 // allocating one), flushing dst before a read that would wait.
 func (f *flushBeforeBlock) WriteTo(w io.Writer) (int64, error) {
-	bp := copyBuffers.Get().(*[]byte)
-	defer copyBuffers.Put(bp)
+	bp := httpx.GetBuffer()
+	defer httpx.PutBuffer(bp)
 	var total int64
 	for {
 		n, err := f.Read(*bp)
@@ -740,8 +740,6 @@ func (f *flushBeforeBlock) WriteTo(w io.Writer) (int64, error) {
 		}
 	}
 }
-
-var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
 // writerOnly hides bufio.Writer's ReadFrom from Request.Write and
 // Response.Write: ReadFrom reads straight into the writer's own buffer,

@@ -21,6 +21,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/trustmesh/trustmesh/internal/httpx"
 )
 
 // watchdog closes a tunnel once nothing has moved through it for idle.
@@ -65,13 +67,11 @@ func (w *watchdog) stop() {
 	}
 }
 
-var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
-
 // copyNoting copies src to dst until src ends or either fails, noting
 // every read and write on w.
 func copyNoting(dst io.Writer, src io.Reader, w *watchdog) {
-	bp := copyBuffers.Get().(*[]byte)
-	defer copyBuffers.Put(bp)
+	bp := httpx.GetBuffer()
+	defer httpx.PutBuffer(bp)
 	buf := *bp
 	for {
 		n, err := src.Read(buf)
