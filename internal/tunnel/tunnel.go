@@ -229,14 +229,12 @@ func (h *hijackWatcher) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	wc := &watchedConn{Conn: c}
-	wc.w = newWatchdog(h.idle, func() {
-		c.Close()
-		h.cancel()
-	})
 	h.mu.Lock()
 	h.conn = c
 	h.mu.Unlock()
+	// Idle ends it as a drain does: the client's side closed, the request
+	// cancelled (ReverseProxy then closes the upstream's).
+	wc := &watchedConn{Conn: c, w: newWatchdog(h.idle, h.end)}
 	// brw is left as it is: ReverseProxy writes the 101 through it before
 	// the relay starts, and reads the client through the conn, never
 	// through brw.
