@@ -66,22 +66,19 @@ type Gateway struct {
 	httpClient *http.Client
 	instance   string
 
-	store        session.Store
-	loginLimiter *clientLimiter // logins started per client per minute
-	providers    map[string]*oidcProvider
-	verifier     *bearer.Verifier
-	bearerCfg    map[string]BearerIssuer
-	// idTokensAreBearer: some bearer audience is a login client's ID, so
-	// sign-out revokes ID tokens (revokeIDToken).
-	idTokensAreBearer bool
-	signer            *assertion.Signer
-	routes            []*route
-	audit             *auditLog
-	auditFile         *auditfile.File
-	metrics           *metrics
-	refreshes         singleflight.Group
-	tunnels           tunnel.Set // WebSockets, for the shutdown
-	decodedSessions   decodedCache
+	store           session.Store
+	loginLimiter    *clientLimiter // logins started per client per minute
+	providers       map[string]*oidcProvider
+	verifier        *bearer.Verifier
+	bearerCfg       map[string]BearerIssuer
+	signer          *assertion.Signer
+	routes          []*route
+	audit           *auditLog
+	auditFile       *auditfile.File
+	metrics         *metrics
+	refreshes       singleflight.Group
+	tunnels         tunnel.Set // WebSockets, for the shutdown
+	decodedSessions decodedCache
 
 	ready     chan struct{}
 	mu        sync.Mutex
@@ -181,7 +178,6 @@ func (g *Gateway) init(ctx context.Context) error {
 	for _, b := range g.set.Bearer {
 		g.bearerCfg[b.Issuer.Issuer] = b
 		issuers = append(issuers, b.Issuer)
-		g.idTokensAreBearer = g.idTokensAreBearer || len(b.LoginClientIDs) > 0
 	}
 	if g.verifier, err = bearer.New(issuers, bearer.Options{HTTPClient: g.httpClient, Now: g.now, MaxTokenBytes: g.set.MaxTokenBytes}); err != nil {
 		return err

@@ -14,8 +14,6 @@ package gateway
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"slices"
 	"time"
@@ -30,25 +28,18 @@ import (
 // revokedIDTokenKey is the store key of a revoked token's record. (Session
 // keys are 64 hex digits, so the prefix keeps the two apart.)
 func revokedIDTokenKey(raw string) string {
-	sum := sha256.Sum256([]byte(raw))
-	return "revoked-id-token:" + hex.EncodeToString(sum[:])
+	return "revoked-id-token:" + hashString("revoked id token", raw)
 }
 
-// namesLoginClient: one of aud is a login client's ID for bc's issuer, so
-// a token for it may be an ID token sign-out revoked.
-func namesLoginClient(bc BearerIssuer, aud []string) bool {
-	for _, a := range aud {
-		if slices.Contains(bc.LoginClientIDs, a) {
-			return true
-		}
-	}
-	return false
+// overlap: a and b share a value (audiences, client IDs).
+func overlap(a, b []string) bool {
+	return slices.ContainsFunc(a, func(v string) bool { return slices.Contains(b, v) })
 }
 
 // idTokenRevoked reports whether sign-out revoked raw, which verified as
 // tok for bc.
 func (g *Gateway) idTokenRevoked(ctx context.Context, bc BearerIssuer, tok *bearer.Token, raw string) (bool, error) {
-	if !namesLoginClient(bc, tok.Audiences) {
+	if !overlap(tok.Audiences, bc.LoginClientIDs) { // not a login client's: no ID token of ours
 		return false, nil
 	}
 	_, err := g.store.Get(ctx, revokedIDTokenKey(raw))
@@ -84,7 +75,7 @@ const maxRevocation = 100 * 365 * 24 * time.Hour
 // login, and a check that failed now (the JWKS unreachable, keys rotated)
 // must not skip the revocation. Its claims are read with go-jose.
 func (g *Gateway) revokeIDToken(ctx context.Context, raw string) error {
-	if raw == "" || !g.idTokensAreBearer {
+	if raw == "" {
 		return nil
 	}
 	parsed, err := jwt.ParseSigned(raw, idTokenAlgorithms)
@@ -96,7 +87,7 @@ func (g *Gateway) revokeIDToken(ctx context.Context, raw string) error {
 		return nil // no exp: never a bearer token
 	}
 	bc, ok := g.bearerCfg[claims.Issuer]
-	if !ok || !namesLoginClient(bc, claims.Audience) || !slices.ContainsFunc(claims.Audience, func(a string) bool { return slices.Contains(bc.Audiences, a) }) {
+	if !ok || !overlap(claims.Audience, bc.LoginClientIDs) || !overlap(claims.Audience, bc.Audiences) {
 		return nil // no bearer issuer here would take it
 	}
 	now := g.now()
