@@ -863,10 +863,14 @@ func validPort(p string) bool {
 	return err == nil && n >= 1 && n <= 65535 && strconv.Itoa(n) == p
 }
 
-// normalOrigin is u's origin as one string: scheme and host lowercase, the
-// port only when it is not the scheme's default.
-func normalOrigin(u *url.URL) string {
-	scheme, host, port := strings.ToLower(u.Scheme), hostOnly(u.Host), u.Port()
+// normalOrigin is u's origin as one string (origin).
+func normalOrigin(u *url.URL) string { return origin(u.Scheme, hostOnly(u.Host), u.Port()) }
+
+// origin is scheme, host (no brackets) and port as one origin string:
+// scheme and host lowercase, the port only when it is not the scheme's
+// default.
+func origin(scheme, host, port string) string {
+	scheme, host = strings.ToLower(scheme), strings.ToLower(host)
 	if (scheme == "https" && port == "443") || (scheme == "http" && port == "80") {
 		port = ""
 	}

@@ -10,7 +10,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -646,7 +645,7 @@ func (g *Gateway) handoff(ctx context.Context, id sessionID, provider string, rd
 func (g *Gateway) handoffTarget(ls loginState) (*url.URL, bool) {
 	u, err := url.Parse(ls.RD)
 	if err != nil || ls.HandoffBinding == "" || g.coveredByCookie(u.Host) || !g.servesHost(strings.ToLower(u.Hostname())) {
-		return &url.URL{}, false
+		return nil, false
 	}
 	return u, true
 }
@@ -669,15 +668,7 @@ func (g *Gateway) handoffOrigin(host string) string {
 			return strings.Replace(rt.Origin, rt.Host, host, 1)
 		}
 	}
-	ext := g.set.ExternalURL
-	hp := host
-	if strings.Contains(hp, ":") {
-		hp = "[" + hp + "]"
-	}
-	if port := ext.Port(); port != "" {
-		hp = net.JoinHostPort(host, port)
-	}
-	return normalOrigin(&url.URL{Scheme: ext.Scheme, Host: hp})
+	return origin(g.set.ExternalURL.Scheme, host, g.set.ExternalURL.Port())
 }
 
 // handoffTTL is how long a hand-off code is good for: the callback's
