@@ -411,13 +411,11 @@ func TestWebSocketUpgrade(t *testing.T) {
 			http.Error(w, "want an authenticated upgrade", 400)
 			return
 		}
-		conn, brw, err := http.NewResponseController(w).Hijack()
-		if err != nil {
+		conn, brw, ok := switchToWebSocket(w)
+		if !ok {
 			return
 		}
 		defer conn.Close()
-		_, _ = brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
-		_ = brw.Flush()
 		if r.URL.Path == "/silent" {
 			<-hold // neither reads nor writes
 			return
@@ -479,13 +477,11 @@ func TestWebSocketUpgrade(t *testing.T) {
 // connections) and writes their audit records.
 func TestShutdownEndsWebSockets(t *testing.T) {
 	ws := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		conn, brw, err := http.NewResponseController(w).Hijack()
-		if err != nil {
+		conn, brw, ok := switchToWebSocket(w)
+		if !ok {
 			return
 		}
 		defer conn.Close()
-		_, _ = brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
-		_ = brw.Flush()
 		_, _ = io.Copy(conn, brw)
 	}))
 	defer ws.Close()
@@ -781,4 +777,19 @@ func (h *harness) waitForAudit(t *testing.T, path string) {
 		}
 		return false
 	})
+}
+
+// switchToWebSocket is a test upstream's side of a WebSocket handshake:
+// it hijacks the connection and answers 101.
+func switchToWebSocket(w http.ResponseWriter) (net.Conn, *bufio.ReadWriter, bool) {
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		return nil, nil, false
+	}
+	_, _ = brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+	if err := brw.Flush(); err != nil {
+		conn.Close()
+		return nil, nil, false
+	}
+	return conn, brw, true
 }

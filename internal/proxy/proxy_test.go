@@ -1053,14 +1053,8 @@ func idleTunnelClosed(t *testing.T, m *mesh, c net.Conn, br *bufio.Reader, idle 
 // bytes after that.
 func dialWebSocket(t *testing.T, addr, path string) (net.Conn, *bufio.Reader) {
 	t.Helper()
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+	c, br := dialH1(t, addr)
 	_, _ = io.WriteString(c, "GET "+path+" HTTP/1.1\r\nHost: api\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
-	br := bufio.NewReader(c)
 	if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
 		t.Fatalf("upgrade %s: %v %v", path, resp, err)
 	}
